@@ -9,6 +9,7 @@ export type { Logger };
 export function maskPhone(phone: string | null | undefined): string | null {
   if (phone === null || phone === undefined) return null;
   const s = String(phone);
+  if (s.includes('*')) return s; // already masked
   const digits = s.replace(/\D/g, '');
   if (digits.length <= 4) return '*'.repeat(digits.length);
   const head = digits.slice(0, Math.min(4, digits.length - 4));

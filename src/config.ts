@@ -1,0 +1,352 @@
+import { readFileSync, existsSync } from 'node:fs';
+import { parseEnv } from 'node:util';
+import { z } from 'zod';
+import { parseDailyHours, parseWeeklyHours } from './domain/calling-window.js';
+import { parseServiceAccountCredentials, type VoximplantServiceAccount } from './integrations/voximplant/jwt.js';
+import { DEFAULT_SMS_TEMPLATES, validateTemplates, type SmsTemplates } from './integrations/voximplant/sms-templates.js';
+
+/**
+ * The one place that knows about environment variables. `loadConfig(env)` turns them
+ * into a typed Config or throws a ConfigError naming every bad field at once.
+ * Variable names are public (DESIGN.md, README); change them only together.
+ */
+
+const DURATION_RE = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** '90s' | '30m' | '2h' | '1h30m' -> ms */
+export function parseDurationMs(input: string): number {
+  const s = input.trim();
+  if (/^\d+$/.test(s)) return Number(s) * 1000;
+  let total = 0;
+  let rest = s;
+  while (rest.length > 0) {
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)/.exec(rest);
+    if (!m) throw new Error(`'${input}' is not a duration; expected e.g. '90s', '30m', '2h', '1h30m'`);
+    total += Number(m[1]) * UNIT_MS[m[2]!]!;
+    rest = rest.slice(m[0].length);
+  }
+  return Math.round(total);
+}
+
+const duration = (def: string) =>
+  z
+    .string()
+    .default(def)
+    .transform((v, ctx) => {
+      try {
+        const ms = parseDurationMs(v);
+        if (ms <= 0) throw new Error(`'${v}' must be longer than zero`);
+        return ms;
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', message: (e as Error).message });
+        return z.NEVER;
+      }
+    });
+
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+
+const optionalUrl = optionalString.refine((v) => v === undefined || /^https?:\/\/[^\s]+$/.test(v), {
+  message: 'must be an http(s) URL',
+});
+
+const csv = optionalString.transform((v) =>
+  v === undefined
+    ? []
+    : v
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean),
+);
+
+const intString = (def: number, min = 0) =>
+  z
+    .string()
+    .default(String(def))
+    .transform((v, ctx) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < min) {
+        ctx.addIssue({ code: 'custom', message: `'${v}' must be a whole number ≥ ${min}` });
+        return z.NEVER;
+      }
+      return n;
+    });
+
+const envSchema = z.object({
+  PORT: intString(3000, 0),
+  HOST: z.string().default('0.0.0.0'),
+  DATABASE_URL: optionalString.refine((v) => v === undefined || /^postgres(ql)?:\/\//.test(v), {
+    message: "must start with 'postgres://' (unset it to use the embedded PGlite)",
+  }),
+  DATA_DIR: z.string().default('./data'),
+  PUBLIC_URL: optionalUrl,
+  INTAKE_TOKEN: optionalString,
+  ADMIN_TOKEN: optionalString,
+
+  TELEGRAM_BOT_TOKEN: optionalString,
+  TELEGRAM_VENDOR_CHAT_ID: csv,
+  TELEGRAM_OPERATOR_IDS: csv,
+  TELEGRAM_API_ROOT: optionalUrl,
+  TELEGRAM_WEBHOOK_SECRET: optionalString,
+
+  BITRIX24_WEBHOOK_URL: optionalUrl,
+  BITRIX24_PORTAL_URL: optionalUrl,
+  BITRIX24_CLIENT_ID: optionalString,
+  BITRIX24_CLIENT_SECRET: optionalString,
+  BITRIX24_REFRESH_TOKEN: optionalString,
+  BITRIX24_OAUTH_URL: optionalUrl,
+
+  VOXIMPLANT_ACCOUNT_ID: optionalString,
+  VOXIMPLANT_API_KEY: optionalString,
+  VOXIMPLANT_CREDENTIALS: optionalString,
+  VOXIMPLANT_RULE_ID: optionalString,
+  VOXIMPLANT_SMS_FROM: optionalString,
+  VOXIMPLANT_API_URL: optionalUrl,
+
+  VOXIMPLANT_TIMEOUT: duration('10s'),
+
+  SHOP_NAME: z.string().default('Our shop'),
+  SMS_LANGUAGE: z.enum(['en', 'ru']).default('ru'),
+  SMS_PROMOTION: optionalString,
+  SMS_TEMPLATE_NIGHT: optionalString,
+  SMS_TEMPLATE_CONFIRMATION: optionalString,
+  SMS_TEMPLATE_VOICEMAIL: optionalString,
+  SMS_MAX_SEGMENTS: intString(2, 1),
+
+  CRM_PROVIDER: z.enum(['bitrix24', 'sandbox']).optional(),
+  TELEPHONY_PROVIDER: z.enum(['voximplant', 'sandbox']).optional(),
+
+  BUSINESS_TIMEZONE: z.string().default('Europe/Moscow'),
+  BUSINESS_HOURS: z.string().default('mon-sun 09:00-21:00'),
+  CUSTOMER_HOURS: z.string().default('09:00-21:00'),
+  NIGHT_SLEEP: duration('2h'),
+  RETRY_DELAY: duration('30m'),
+  CALLBACK_TIMEOUT: duration('10m'),
+  MAX_CALL_ATTEMPTS: intString(3, 1),
+  DEFAULT_COUNTRY: z
+    .string()
+    .default('RU')
+    .transform((v) => v.toUpperCase())
+    .refine((v) => /^[A-Z]{2}$/.test(v), { message: 'must be a two-letter country code such as RU' }),
+  BOT_LANGUAGE: z.enum(['en', 'ru']).default('en'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+  /** Sandbox telephony: how long a simulated call takes before its result is posted. */
+  SANDBOX_CALL_DELAY: duration('2s'),
+  /** How often the engine looks for due work when nothing woke it (ms). */
+  ENGINE_POLL_INTERVAL: duration('500ms'),
+});
+
+export type Env = Record<string, string | undefined>;
+
+export interface Config {
+  port: number;
+  host: string;
+  databaseUrl: string | undefined;
+  dataDir: string;
+  publicUrl: string;
+  intakeToken: string | undefined;
+  adminToken: string | undefined;
+  telegram: {
+    botToken: string | undefined;
+    vendorChatIds: string[];
+    operatorIds: string[];
+    apiRoot: string | undefined;
+    webhookSecret: string | undefined;
+    language: 'en' | 'ru';
+  };
+  crm:
+    | { provider: 'sandbox' }
+    | {
+        provider: 'bitrix24';
+        webhookUrl: string | undefined;
+        oauth:
+          | { portalUrl: string; clientId: string; clientSecret: string; refreshToken: string | undefined; oauthUrl: string | undefined }
+          | undefined;
+      };
+  telephony:
+    | { provider: 'sandbox'; callDelayMs: number }
+    | {
+        provider: 'voximplant';
+        accountId: string | undefined;
+        apiKey: string | undefined;
+        credentials: VoximplantServiceAccount | undefined;
+        ruleId: string;
+        smsFrom: string | undefined;
+        apiUrl: string | undefined;
+        timeoutMs: number;
+      };
+  sms: {
+    shop: string;
+    language: 'en' | 'ru';
+    promotion: string | undefined;
+    templates: Partial<SmsTemplates>;
+    maxSegments: number;
+  };
+  policy: {
+    businessTimezone: string;
+    businessHours: string;
+    customerHours: string;
+    nightSleepMs: number;
+    retryDelayMs: number;
+    callbackTimeoutMs: number;
+    maxCallAttempts: number;
+    defaultCountry: string;
+  };
+  logLevel: string;
+  enginePollMs: number;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Reads `.env` (when present) under the real environment: real variables win. */
+export function readEnv(processEnv: Env, envFile = '.env'): Env {
+  if (!existsSync(envFile)) return { ...processEnv };
+  const fromFile = parseEnv(readFileSync(envFile, 'utf8'));
+  return { ...fromFile, ...processEnv };
+}
+
+function isValidZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function loadConfig(env: Env): Config {
+  const parsed = envSchema.safeParse(env);
+  const problems: string[] = [];
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) problems.push(`${issue.path.join('.')}: ${issue.message}`);
+    throw new ConfigError(problems);
+  }
+  const e = parsed.data;
+
+  if (!isValidZone(e.BUSINESS_TIMEZONE)) problems.push(`BUSINESS_TIMEZONE: '${e.BUSINESS_TIMEZONE}' is not an IANA time zone such as Europe/Moscow`);
+
+  // CRM
+  const oauthFields = [e.BITRIX24_PORTAL_URL, e.BITRIX24_CLIENT_ID, e.BITRIX24_CLIENT_SECRET];
+  const someOauth = oauthFields.some((v) => v !== undefined);
+  const allOauth = oauthFields.every((v) => v !== undefined);
+  if (someOauth && !allOauth)
+    problems.push('BITRIX24_PORTAL_URL, BITRIX24_CLIENT_ID, BITRIX24_CLIENT_SECRET: OAuth needs all three (or use BITRIX24_WEBHOOK_URL)');
+  const bitrixConfigured = e.BITRIX24_WEBHOOK_URL !== undefined || allOauth;
+  const crmProvider = e.CRM_PROVIDER ?? (bitrixConfigured ? 'bitrix24' : 'sandbox');
+  if (crmProvider === 'bitrix24' && !bitrixConfigured)
+    problems.push('CRM_PROVIDER: bitrix24 needs BITRIX24_WEBHOOK_URL or the OAuth variables');
+
+  // Telephony
+  const voxAuth = (e.VOXIMPLANT_ACCOUNT_ID !== undefined && e.VOXIMPLANT_API_KEY !== undefined) || e.VOXIMPLANT_CREDENTIALS !== undefined;
+  const telProvider = e.TELEPHONY_PROVIDER ?? (voxAuth ? 'voximplant' : 'sandbox');
+  if (telProvider === 'voximplant') {
+    if (!voxAuth) problems.push('TELEPHONY_PROVIDER: voximplant needs VOXIMPLANT_ACCOUNT_ID + VOXIMPLANT_API_KEY or VOXIMPLANT_CREDENTIALS');
+    if (e.VOXIMPLANT_RULE_ID === undefined) problems.push('VOXIMPLANT_RULE_ID: required with VoxImplant (the rule that runs voximplant/robot-call.js)');
+  }
+
+  let voxCredentials: VoximplantServiceAccount | undefined;
+  if (telProvider === 'voximplant' && e.VOXIMPLANT_CREDENTIALS !== undefined) {
+    try {
+      voxCredentials = parseServiceAccountCredentials(readFileSync(e.VOXIMPLANT_CREDENTIALS, 'utf8'));
+    } catch (err) {
+      problems.push(`VOXIMPLANT_CREDENTIALS: ${(err as Error).message} (the path of the service account's JSON key file)`);
+    }
+  }
+
+  const smsTemplates: Partial<SmsTemplates> = {};
+  if (e.SMS_TEMPLATE_NIGHT) smsTemplates.night = e.SMS_TEMPLATE_NIGHT;
+  if (e.SMS_TEMPLATE_CONFIRMATION) smsTemplates.confirmation = e.SMS_TEMPLATE_CONFIRMATION;
+  if (e.SMS_TEMPLATE_VOICEMAIL) smsTemplates.voicemail = e.SMS_TEMPLATE_VOICEMAIL;
+  try {
+    validateTemplates({ ...DEFAULT_SMS_TEMPLATES[e.SMS_LANGUAGE], ...smsTemplates }, e.SMS_MAX_SEGMENTS, { shop: e.SHOP_NAME, promotion: e.SMS_PROMOTION });
+  } catch (err) {
+    problems.push(`SMS_TEMPLATE_* / SHOP_NAME / SMS_PROMOTION: ${(err as Error).message}`);
+  }
+
+  for (const [name, spec, parse] of [
+    ['BUSINESS_HOURS', e.BUSINESS_HOURS, parseWeeklyHours],
+    ['CUSTOMER_HOURS', e.CUSTOMER_HOURS, parseDailyHours],
+  ] as const) {
+    try {
+      parse(spec);
+    } catch (err) {
+      problems.push(`${name}: ${(err as Error).message}`);
+    }
+  }
+
+  if (e.TELEGRAM_WEBHOOK_SECRET !== undefined && e.PUBLIC_URL === undefined)
+    problems.push('TELEGRAM_WEBHOOK_SECRET: webhook mode also needs PUBLIC_URL');
+  if (e.TELEGRAM_BOT_TOKEN !== undefined && !/^\d+:[A-Za-z0-9_-]+$/.test(e.TELEGRAM_BOT_TOKEN))
+    problems.push("TELEGRAM_BOT_TOKEN: does not look like a bot token ('123456:ABC-...')");
+
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    dataDir: e.DATA_DIR,
+    publicUrl: (e.PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, ''),
+    intakeToken: e.INTAKE_TOKEN,
+    adminToken: e.ADMIN_TOKEN,
+    telegram: {
+      botToken: e.TELEGRAM_BOT_TOKEN,
+      vendorChatIds: e.TELEGRAM_VENDOR_CHAT_ID,
+      operatorIds: e.TELEGRAM_OPERATOR_IDS,
+      apiRoot: e.TELEGRAM_API_ROOT,
+      webhookSecret: e.TELEGRAM_WEBHOOK_SECRET,
+      language: e.BOT_LANGUAGE,
+    },
+    crm:
+      crmProvider === 'sandbox'
+        ? { provider: 'sandbox' }
+        : {
+            provider: 'bitrix24',
+            webhookUrl: e.BITRIX24_WEBHOOK_URL,
+            oauth: allOauth
+              ? {
+                  portalUrl: e.BITRIX24_PORTAL_URL!,
+                  clientId: e.BITRIX24_CLIENT_ID!,
+                  clientSecret: e.BITRIX24_CLIENT_SECRET!,
+                  refreshToken: e.BITRIX24_REFRESH_TOKEN,
+                  oauthUrl: e.BITRIX24_OAUTH_URL,
+                }
+              : undefined,
+          },
+    telephony:
+      telProvider === 'sandbox'
+        ? { provider: 'sandbox', callDelayMs: e.SANDBOX_CALL_DELAY }
+        : {
+            provider: 'voximplant',
+            accountId: e.VOXIMPLANT_ACCOUNT_ID,
+            apiKey: e.VOXIMPLANT_API_KEY,
+            credentials: voxCredentials,
+            ruleId: e.VOXIMPLANT_RULE_ID!,
+            smsFrom: e.VOXIMPLANT_SMS_FROM,
+            apiUrl: e.VOXIMPLANT_API_URL,
+            timeoutMs: e.VOXIMPLANT_TIMEOUT,
+          },
+    sms: { shop: e.SHOP_NAME, language: e.SMS_LANGUAGE, promotion: e.SMS_PROMOTION, templates: smsTemplates, maxSegments: e.SMS_MAX_SEGMENTS },
+    policy: {
+      businessTimezone: e.BUSINESS_TIMEZONE,
+      businessHours: e.BUSINESS_HOURS,
+      customerHours: e.CUSTOMER_HOURS,
+      nightSleepMs: e.NIGHT_SLEEP,
+      retryDelayMs: e.RETRY_DELAY,
+      callbackTimeoutMs: e.CALLBACK_TIMEOUT,
+      maxCallAttempts: e.MAX_CALL_ATTEMPTS,
+      defaultCountry: e.DEFAULT_COUNTRY,
+    },
+    logLevel: e.LOG_LEVEL,
+    enginePollMs: e.ENGINE_POLL_INTERVAL,
+  };
+}

@@ -1,0 +1,167 @@
+import { and, asc, desc, eq, inArray, lt, sql } from 'drizzle-orm';
+import type { Db, Executor } from './client.js';
+import { leads, leadEvents, settings, type LeadRow, type LeadEventRow } from './schema.js';
+
+/** A new lead as intake hands it over (already validated and normalised). */
+export interface NewLead {
+  name: string;
+  phone: string | null;
+  phoneRaw: string;
+  city: string | null;
+  timezone: string | null;
+  partner: string | null;
+  ref: string | null;
+  ip: string | null;
+  comment: string | null;
+  extra: Record<string, unknown>;
+  dedupeKey: string | null;
+  source: 'api' | 'corezoid';
+  /** Timeline notes from intake (an ignored unknown time zone, say). */
+  notes: string[];
+}
+
+export interface InsertResult {
+  id: number;
+  state: string;
+  duplicate: boolean;
+}
+
+/**
+ * Stores a lead, due at once. While a lead with the same dedupe key is active, the
+ * partial unique index makes the insert a no-op and the existing lead is answered.
+ */
+export async function insertLead(db: Db, lead: NewLead, now: Date): Promise<InsertResult> {
+  for (let i = 0; i < 3; i++) {
+    const inserted = await db.orm.transaction(async (tx) => {
+      const rows = await tx
+        .insert(leads)
+        .values({
+          name: lead.name,
+          phone: lead.phone,
+          phoneRaw: lead.phoneRaw,
+          city: lead.city,
+          timezone: lead.timezone,
+          partner: lead.partner,
+          ref: lead.ref,
+          ip: lead.ip,
+          comment: lead.comment,
+          extra: lead.extra,
+          dedupeKey: lead.dedupeKey,
+          source: lead.source,
+          state: 'received',
+          crmStatus: 'pending',
+          nextRunAt: now,
+          createdAt: now,
+          updatedAt: now,
+        })
+        .onConflictDoNothing({
+          target: leads.dedupeKey,
+          where: sql`${leads.dedupeKey} is not null and ${leads.state} not in ('confirmed', 'voicemail', 'invalid_phone', 'manual')`,
+        })
+        .returning({ id: leads.id, state: leads.state });
+      const row = rows[0];
+      if (!row) return null;
+      await tx.insert(leadEvents).values([
+        { leadId: row.id, at: now, track: 'contact', fromState: null, toState: 'received', reason: `intake_${lead.source}`, actor: 'system' },
+        ...lead.notes.map((n) => ({ leadId: row.id, at: now, track: 'note', reason: n, actor: 'system' })),
+      ]);
+      return row;
+    });
+    if (inserted) return { ...inserted, duplicate: false };
+    // A duplicate: answer the active lead. It may have just finished (then we retry the insert).
+    const existing = await db.orm
+      .select({ id: leads.id, state: leads.state })
+      .from(leads)
+      .where(
+        and(
+          eq(leads.dedupeKey, lead.dedupeKey!),
+          sql`${leads.state} not in ('confirmed', 'voicemail', 'invalid_phone', 'manual')`,
+        ),
+      )
+      .limit(1);
+    if (existing[0]) return { ...existing[0], duplicate: true };
+  }
+  throw new Error('could not store the lead: its duplicate kept changing state');
+}
+
+export async function getLead(db: Db, id: number, ex: Executor = db.orm): Promise<LeadRow | undefined> {
+  const rows = await ex.select().from(leads).where(eq(leads.id, id)).limit(1);
+  return rows[0];
+}
+
+export async function getLeadEvents(db: Db, id: number, limit?: number): Promise<LeadEventRow[]> {
+  if (limit !== undefined) {
+    const rows = await db.orm.select().from(leadEvents).where(eq(leadEvents.leadId, id)).orderBy(desc(leadEvents.id)).limit(limit);
+    return rows.reverse();
+  }
+  return db.orm.select().from(leadEvents).where(eq(leadEvents.leadId, id)).orderBy(asc(leadEvents.id));
+}
+
+export interface ListLeadsQuery {
+  states?: string[];
+  /** ids below this (cursor pagination, newest first) */
+  before?: number;
+  limit: number;
+}
+
+export async function listLeads(db: Db, q: ListLeadsQuery): Promise<{ items: LeadRow[]; nextCursor: number | null }> {
+  const conds = [];
+  if (q.states && q.states.length > 0) conds.push(inArray(leads.state, q.states));
+  if (q.before !== undefined) conds.push(lt(leads.id, q.before));
+  const rows = await db.orm
+    .select()
+    .from(leads)
+    .where(conds.length ? and(...conds) : undefined)
+    .orderBy(desc(leads.id))
+    .limit(q.limit + 1);
+  const items = rows.slice(0, q.limit);
+  const nextCursor = rows.length > q.limit ? items[items.length - 1]!.id : null;
+  return { items, nextCursor };
+}
+
+export async function getSetting<T>(db: Db, key: string, ex: Executor = db.orm): Promise<T | undefined> {
+  const rows = await ex.select({ value: settings.value }).from(settings).where(eq(settings.key, key)).limit(1);
+  return rows[0]?.value as T | undefined;
+}
+
+export async function putSetting(db: Db, key: string, value: unknown, now: Date, ex: Executor = db.orm): Promise<void> {
+  await ex
+    .insert(settings)
+    .values({ key, value, updatedAt: now })
+    .onConflictDoUpdate({ target: settings.key, set: { value, updatedAt: now } });
+}
+
+/** The public shape of a lead (GET /v1/leads/:id, DESIGN.md "Ids and shapes"). */
+export function leadToJson(l: LeadRow, events?: LeadEventRow[]) {
+  return {
+    id: l.id,
+    state: l.state,
+    crm_status: l.crmStatus,
+    crm_id: l.crmId,
+    name: l.name,
+    phone: l.phone,
+    phone_raw: l.phoneRaw,
+    city: l.city,
+    timezone: l.timezone,
+    partner: l.partner,
+    ref: l.ref,
+    attempts: l.attempts,
+    next_run_at: l.nextRunAt?.toISOString() ?? null,
+    created_at: l.createdAt.toISOString(),
+    updated_at: l.updatedAt.toISOString(),
+    ...(events
+      ? {
+          events: events.map((e) => ({
+            at: e.at.toISOString(),
+            track: e.track,
+            from: e.fromState,
+            to: e.toState,
+            reason: e.reason,
+            actor: e.actor,
+            ...(e.actorName ? { actor_name: e.actorName } : {}),
+            ...(e.data ? { data: e.data } : {}),
+          })),
+        }
+      : {}),
+  };
+}

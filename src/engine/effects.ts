@@ -1,0 +1,386 @@
+import { eq, sql } from 'drizzle-orm';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../logger.js';
+import type { Db } from '../db/client.js';
+import { callAttempts, effects, leadEvents, leads, type LeadRow } from '../db/schema.js';
+import type { CrmNote, LeadEvent, SmsKind } from '../domain/lead-machine.js';
+import {
+  ProviderError,
+  type CrmClient,
+  type CrmFinalState,
+  type CrmLeadInput,
+  type TelephonyClient,
+} from '../integrations/types.js';
+import type { Incidents } from './incidents.js';
+import { renderCrmNote } from './notes.js';
+
+/**
+ * Performs effect intents outside any transaction. Two lanes (telephony, CRM) so a
+ * slow or broken CRM never holds up a call. Each claimed effect is leased; a lease
+ * that runs out means the instance died while performing it.
+ */
+export interface EffectRunnerDeps {
+  db: Db;
+  clock: Clock;
+  log: Logger;
+  crm: CrmClient;
+  telephony: TelephonyClient;
+  incidents: Incidents;
+  smsText: (kind: SmsKind, lead: LeadRow) => string;
+  language: 'en' | 'ru';
+  pollMs: number;
+  /** Effects performed at once per lane. */
+  concurrency?: number;
+  /** How long a claimed effect is ours (longer than any upstream timeout with its retries). */
+  leaseMs?: number;
+  apply(leadId: number, event: LeadEvent, data?: Record<string, unknown>): Promise<unknown>;
+  tokenFor(attemptId: string): string;
+  enqueueCards(leadId: number): Promise<void>;
+}
+
+type Lane = 'telephony' | 'crm';
+
+interface Claimed {
+  id: number;
+  lead_id: number;
+  kind: string;
+  idem_key: string;
+  payload: Record<string, unknown>;
+  attempts: number;
+  prev_status: string;
+}
+
+const LANE_FILTER: Record<Lane, ReturnType<typeof sql>> = {
+  telephony: sql`(e.kind like 'call.%' or e.kind like 'sms.%')`,
+  crm: sql`e.kind like 'crm.%'`,
+};
+
+/** Quick retries for a call that could not be started before the attempt counts as failed. */
+const CALL_START_TRIES = 3;
+const SMS_TRIES = 10;
+const CRM_WRITE_TRIES = 30;
+
+export function backoffMs(attempt: number, baseMs = 5_000, capMs = 15 * 60_000, jitter = Math.random()): number {
+  const raw = Math.min(capMs, baseMs * 2 ** Math.max(0, attempt - 1));
+  return Math.round(raw * (0.8 + 0.4 * jitter));
+}
+
+export function createEffectRunner(deps: EffectRunnerDeps) {
+  const { db, clock, log } = deps;
+  const concurrency = deps.concurrency ?? 16;
+  const leaseMs = deps.leaseMs ?? 120_000;
+  let running = false;
+  const wakers = new Set<() => void>();
+  const loops: Promise<void>[] = [];
+
+  const iso = (d: Date) => sql`${d.toISOString()}::timestamptz`;
+
+  async function claim(lane: Lane, limit: number): Promise<Claimed[]> {
+    const now = clock.now();
+    const lease = new Date(now.getTime() + leaseMs);
+    return db.query<Claimed>(sql`
+      with due as (
+        select e.id, e.status as prev_status
+        from effects e join leads l on l.id = e.lead_id
+        where e.status in ('pending', 'running')
+          and e.run_at <= ${iso(now)}
+          and (e.status = 'pending' or e.lease_until < ${iso(now)})
+          and ${LANE_FILTER[lane]}
+          and (not e.needs_crm or l.crm_id is not null)
+        order by e.run_at, e.id
+        limit ${limit}
+        for update of e skip locked
+      )
+      update effects e set status = 'running', lease_until = ${iso(lease)}, attempts = e.attempts + 1
+      from due where e.id = due.id
+      returning e.id, e.lead_id, e.kind, e.idem_key, e.payload, e.attempts, due.prev_status`);
+  }
+
+  async function finish(e: Claimed, result: Record<string, unknown>, status: 'done' | 'dead' = 'done'): Promise<void> {
+    await db.orm
+      .update(effects)
+      .set({ status, result, doneAt: clock.now(), leaseUntil: null })
+      .where(eq(effects.id, e.id));
+  }
+
+  async function retryLater(e: Claimed, err: unknown, delayMs: number): Promise<void> {
+    const now = clock.now();
+    await db.orm
+      .update(effects)
+      .set({ status: 'pending', runAt: new Date(now.getTime() + delayMs), leaseUntil: null, lastError: describe(err) })
+      .where(eq(effects.id, e.id));
+  }
+
+  async function note(leadId: number, reason: string, data: Record<string, unknown>, track = 'note'): Promise<void> {
+    await db.orm.insert(leadEvents).values({ leadId, at: clock.now(), track, reason, actor: 'system', data });
+    await deps.enqueueCards(leadId);
+  }
+
+  async function loadLead(id: number): Promise<LeadRow | undefined> {
+    const rows = await db.orm.select().from(leads).where(eq(leads.id, id)).limit(1);
+    return rows[0];
+  }
+
+  function asProviderError(err: unknown, provider: ProviderError['provider']): ProviderError {
+    if (err instanceof ProviderError) return err;
+    return new ProviderError({ provider, kind: 'unavailable', message: describe(err), cause: err });
+  }
+
+  function delayFor(err: ProviderError, attempts: number): number {
+    return Math.max(err.retryAfterMs ?? 0, backoffMs(attempts));
+  }
+
+  // ------------------------------------------------------------ telephony lane
+
+  async function performCall(e: Claimed): Promise<void> {
+    const attemptId = String(e.payload.attemptId ?? '');
+    const lead = await loadLead(e.lead_id);
+    if (!lead || lead.state !== 'calling' || lead.currentAttemptId !== attemptId) {
+      await finish(e, { skipped: 'attempt no longer current' });
+      return;
+    }
+    if (e.prev_status === 'running') {
+      // We died while starting this call: it may or may not have been placed. Never
+      // dial the same attempt twice; its result (or the callback timeout) decides.
+      await finish(e, { uncertain: true });
+      await note(lead.id, 'call_start_uncertain', { attempt: e.payload.attemptNumber });
+      return;
+    }
+    try {
+      const r = await deps.telephony.startCall({
+        leadId: lead.id,
+        phone: lead.phone!,
+        attemptId,
+        token: deps.tokenFor(attemptId),
+        attemptNumber: Number(e.payload.attemptNumber),
+        name: lead.name,
+      });
+      await finish(e, { sessionId: r.sessionId ?? null });
+      if (r.sessionId) await db.orm.update(callAttempts).set({ sessionId: r.sessionId }).where(eq(callAttempts.id, attemptId));
+      await deps.incidents.resolve(deps.telephony.provider);
+    } catch (err) {
+      const pe = asProviderError(err, deps.telephony.provider);
+      log.warn({ err: pe, leadId: lead.id, kind: pe.kind, code: pe.code }, 'call could not be started');
+      if (pe.needsPeople) {
+        await deps.incidents.open(pe.provider, pe.kind, pe.message);
+        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
+        await deps.apply(lead.id, { type: 'call_start_failed', attemptId, failure: 'blocked' }, { error: pe.kind });
+      } else if (pe.kind === 'invalid_number') {
+        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
+        await deps.apply(lead.id, { type: 'call_start_failed', attemptId, failure: 'invalid_number' }, { code: pe.code });
+      } else if ((pe.kind === 'unavailable' || pe.kind === 'rate') && e.attempts < CALL_START_TRIES) {
+        await retryLater(e, pe, Math.min(delayFor(pe, e.attempts), 30_000));
+      } else {
+        if (pe.kind === 'unavailable') await deps.incidents.open(pe.provider, pe.kind, pe.message);
+        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
+        await deps.apply(lead.id, { type: 'call_start_failed', attemptId, failure: 'failed' }, { error: pe.kind, code: pe.code });
+      }
+    }
+  }
+
+  async function performSms(e: Claimed): Promise<void> {
+    const kind = e.payload.sms as SmsKind;
+    const lead = await loadLead(e.lead_id);
+    if (!lead || !lead.phone) {
+      await finish(e, { skipped: 'no usable phone' }, 'dead');
+      return;
+    }
+    if (e.prev_status === 'running') {
+      // Died while sending: the SMS may have gone out. Never send the same SMS twice.
+      await finish(e, { uncertain: true }, 'dead');
+      await note(lead.id, 'sms_uncertain', { sms: kind }, 'sms');
+      return;
+    }
+    try {
+      const text = deps.smsText(kind, lead);
+      const r = await deps.telephony.sendSms({ leadId: lead.id, phone: lead.phone, text, kind });
+      await finish(e, { segments: r.segments, messageId: r.messageId ?? null });
+      await note(lead.id, `sms_${kind}_sent`, { sms: kind, segments: r.segments }, 'sms');
+      await deps.incidents.resolve(deps.telephony.provider);
+    } catch (err) {
+      const pe = asProviderError(err, deps.telephony.provider);
+      log.warn({ err: pe, leadId: lead.id, sms: kind, kind: pe.kind }, 'SMS not sent');
+      if (pe.needsPeople) {
+        await deps.incidents.open(pe.provider, pe.kind, pe.message);
+        await retryLater(e, pe, backoffMs(e.attempts, 60_000));
+      } else if (pe.retryable && e.attempts < SMS_TRIES) {
+        await retryLater(e, pe, delayFor(pe, e.attempts));
+      } else {
+        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
+        await note(lead.id, 'sms_failed', { sms: kind, error: pe.kind }, 'sms');
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ CRM lane
+
+  function crmInput(l: LeadRow): CrmLeadInput {
+    return {
+      leadId: l.id,
+      name: l.name,
+      phone: l.phone,
+      phoneRaw: l.phoneRaw,
+      city: l.city,
+      timezone: l.timezone,
+      partner: l.partner,
+      ref: l.ref,
+      ip: l.ip,
+      comment: l.comment,
+      extra: l.extra,
+      createdAt: l.createdAt,
+    };
+  }
+
+  async function crmCreated(e: Claimed, crmId: string, existed: boolean): Promise<void> {
+    await finish(e, { crmId, existed });
+    await deps.apply(e.lead_id, { type: 'crm_created', crmId }, { crm_id: crmId, existed });
+  }
+
+  async function crmCreateFailed(e: Claimed, lead: LeadRow, err: unknown): Promise<void> {
+    const pe = asProviderError(err, deps.crm.provider);
+    log.warn({ err: pe, leadId: lead.id, kind: pe.kind, code: pe.code }, 'CRM lead not created');
+    if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message);
+    else if (e.attempts >= 3) await deps.incidents.open(pe.provider, 'unavailable', pe.message);
+    if (lead.crmStatus !== 'error' && (pe.needsPeople || e.attempts >= 2 || pe.kind === 'bad_request')) {
+      await deps.apply(lead.id, { type: 'crm_failed' }, { error: pe.kind, code: pe.code });
+      await db.orm.update(leads).set({ crmError: `${pe.kind}: ${pe.message}`.slice(0, 300) }).where(eq(leads.id, lead.id));
+    }
+    // The CRM track never gives up on its own: write-backs wait for the lead to exist.
+    await retryLater(e, pe, Math.max(pe.retryAfterMs ?? 0, backoffMs(e.attempts, 5_000, 10 * 60_000)));
+  }
+
+  async function performCrmCreates(batch: Claimed[]): Promise<void> {
+    const loaded = await Promise.all(batch.map(async (e) => ({ e, lead: await loadLead(e.lead_id) })));
+    const live = loaded.filter((x): x is { e: Claimed; lead: LeadRow } => x.lead !== undefined);
+    for (const x of loaded) if (!x.lead) await finish(x.e, { skipped: 'lead gone' }, 'dead');
+    if (live.length === 0) return;
+    if (live.length > 1 && deps.crm.createLeads) {
+      let results: Awaited<ReturnType<NonNullable<CrmClient['createLeads']>>>;
+      try {
+        results = await deps.crm.createLeads(live.map((x) => crmInput(x.lead)));
+      } catch (err) {
+        for (const x of live) await crmCreateFailed(x.e, x.lead, err);
+        return;
+      }
+      let anyOk = false;
+      for (let i = 0; i < live.length; i++) {
+        const r = results[i];
+        const x = live[i]!;
+        if (r && !(r instanceof Error)) {
+          anyOk = true;
+          await crmCreated(x.e, r.crmId, r.existed);
+        } else await crmCreateFailed(x.e, x.lead, r ?? new Error('no result for this lead in the batch answer'));
+      }
+      if (anyOk) await deps.incidents.resolve(deps.crm.provider);
+      return;
+    }
+    for (const x of live) {
+      try {
+        const r = await deps.crm.createLead(crmInput(x.lead));
+        await crmCreated(x.e, r.crmId, r.existed);
+        await deps.incidents.resolve(deps.crm.provider);
+      } catch (err) {
+        await crmCreateFailed(x.e, x.lead, err);
+      }
+    }
+  }
+
+  async function performCrmWrite(e: Claimed): Promise<void> {
+    const lead = await loadLead(e.lead_id);
+    if (!lead || !lead.crmId) {
+      await retryLater(e, new Error('CRM lead not created yet'), 30_000);
+      return;
+    }
+    try {
+      if (e.kind === 'crm.comment') {
+        const body = e.payload.body as CrmNote;
+        await deps.crm.addComment(lead.crmId, renderCrmNote(body, deps.language, body.actor));
+      } else {
+        await deps.crm.setFinalState(lead.crmId, e.payload.state as CrmFinalState);
+      }
+      await finish(e, {});
+      await deps.incidents.resolve(deps.crm.provider);
+    } catch (err) {
+      const pe = asProviderError(err, deps.crm.provider);
+      log.warn({ err: pe, leadId: lead.id, effect: e.kind, kind: pe.kind }, 'CRM write-back failed');
+      if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message);
+      if (pe.kind === 'bad_request' || e.attempts >= CRM_WRITE_TRIES) {
+        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
+        await note(lead.id, 'crm_write_failed', { effect: e.kind, error: pe.kind });
+      } else {
+        await retryLater(e, pe, Math.max(pe.retryAfterMs ?? 0, backoffMs(e.attempts, 5_000, 10 * 60_000)));
+      }
+    }
+  }
+
+  async function perform(lane: Lane, batch: Claimed[]): Promise<void> {
+    const guard = (p: Promise<void>, e: Claimed) =>
+      p.catch(async (err) => {
+        // A bug or a database hiccup while recording: the lease runs out and the effect is looked at again.
+        log.error({ err, effect: e.kind, leadId: e.lead_id }, 'effect crashed');
+      });
+    if (lane === 'crm') {
+      const creates = batch.filter((e) => e.kind === 'crm.create');
+      const writes = batch.filter((e) => e.kind !== 'crm.create');
+      await Promise.all([
+        creates.length ? guard(performCrmCreates(creates), creates[0]!) : Promise.resolve(),
+        ...writes.map((e) => guard(performCrmWrite(e), e)),
+      ]);
+      return;
+    }
+    await Promise.all(batch.map((e) => guard(e.kind === 'call.start' ? performCall(e) : performSms(e), e)));
+  }
+
+  async function runLane(lane: Lane): Promise<number> {
+    const batch = await claim(lane, lane === 'crm' ? Math.max(concurrency, 50) : concurrency);
+    if (batch.length === 0) return 0;
+    await perform(lane, batch);
+    return batch.length;
+  }
+
+  async function loop(lane: Lane): Promise<void> {
+    while (running) {
+      let n = 0;
+      try {
+        n = await runLane(lane);
+      } catch (err) {
+        log.error({ err, lane }, 'effect lane failed');
+      }
+      if (n > 0) continue;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, deps.pollMs);
+        function done() {
+          clearTimeout(t);
+          wakers.delete(done);
+          resolve();
+        }
+        wakers.add(done);
+      });
+    }
+  }
+
+  return {
+    start(): void {
+      if (running) return;
+      running = true;
+      loops.push(loop('telephony'), loop('crm'));
+    },
+    async stop(): Promise<void> {
+      running = false;
+      for (const w of [...wakers]) w();
+      await Promise.all(loops.splice(0));
+    },
+    wake(): void {
+      for (const w of [...wakers]) w();
+    },
+    async runOnce(): Promise<number> {
+      const [a, b] = await Promise.all([runLane('telephony'), runLane('crm')]);
+      return a + b;
+    },
+  };
+}
+
+function describe(err: unknown): string {
+  if (err instanceof Error) return `${err.name}: ${err.message}`.slice(0, 500);
+  return String(err).slice(0, 500);
+}

@@ -1,0 +1,457 @@
+import { eq, inArray, sql } from 'drizzle-orm';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../logger.js';
+import type { Db, Tx } from '../db/client.js';
+import { callAttempts, effects, leadEvents, leads, tgOutbox, type LeadRow } from '../db/schema.js';
+import { getSetting, putSetting } from '../db/queries.js';
+import {
+  decide,
+  type CrmNote,
+  type Decision,
+  type Effect,
+  type LeadEvent,
+  type LeadSnapshot,
+  type OperatorAction,
+  type Policy,
+  type ContactState,
+  type CrmStatus,
+  type CallOutcome,
+} from '../domain/lead-machine.js';
+import { hashToken, newAttemptId, newSecret, tokenFor, tokenMatches } from './tokens.js';
+import { createEffectRunner, type EffectRunnerDeps } from './effects.js';
+
+export type EnginePolicy = Omit<Policy, 'paused'>;
+
+export interface Actor {
+  /** 'system' or 'tg:<user id>' */
+  id: string;
+  name?: string | undefined;
+}
+export const SYSTEM: Actor = { id: 'system' };
+
+export interface EngineDeps extends Omit<EffectRunnerDeps, 'apply' | 'tokenFor' | 'enqueueCards'> {
+  db: Db;
+  clock: Clock;
+  log: Logger;
+  policy: EnginePolicy;
+  /** Chats whose cards must be refreshed after a change ('log' when there is no bot). */
+  cardChats: string[];
+  /** How often to look for due work when nothing woke the engine. */
+  pollMs: number;
+  /** Leads per transition batch. */
+  batchSize?: number;
+  /** Called after changes that the Telegram outbox should see. */
+  onCardsQueued?: () => void;
+}
+
+export interface ApplyResult {
+  applied: boolean;
+  state: ContactState;
+  reason: string;
+}
+
+export type CallResultAnswer =
+  | { status: 200; body: { ok: true; applied: boolean; state: string } }
+  | { status: 403 | 404 | 409; body: { ok: false; error: string } };
+
+export interface CallResultInput {
+  attempt: string;
+  token: string;
+  outcome: CallOutcome;
+  code?: string | number | undefined;
+  reason?: string | undefined;
+  duration?: number | undefined;
+  session_id?: string | undefined;
+}
+
+export type Engine = ReturnType<typeof createEngine>;
+
+const PAUSED_KEY = 'calls_paused';
+const SECRET_KEY = 'callback_secret';
+
+export function snapshot(l: LeadRow): LeadSnapshot {
+  return {
+    state: l.state as ContactState,
+    crmStatus: l.crmStatus as CrmStatus,
+    phone: l.phone,
+    timezone: l.timezone,
+    attempts: l.attempts,
+    budgetBase: l.budgetBase,
+    currentAttemptId: l.currentAttemptId,
+    nightSmsAt: l.nightSmsAt,
+    phoneCorrected: l.phoneCorrected,
+    callNow: l.callNow,
+  };
+}
+
+function ts(d: Date) {
+  return sql`${d.toISOString()}::timestamptz`;
+}
+
+export function createEngine(deps: EngineDeps) {
+  const { db, clock, log } = deps;
+  const batchSize = deps.batchSize ?? 50;
+  let secret: string | undefined;
+  let paused = false;
+  let running = false;
+  let wakeTransitions: (() => void) | null = null;
+  let transitionLoop: Promise<void> | null = null;
+  let unlisten: (() => Promise<void>) | null = null;
+
+  /** Loads persisted engine settings; creates the callback secret on the first boot. */
+  async function init(): Promise<void> {
+    paused = (await getSetting<boolean>(db, PAUSED_KEY)) ?? false;
+    secret = await getSetting<string>(db, SECRET_KEY);
+    if (!secret) {
+      await db.orm.execute(
+        sql`insert into settings (key, value, updated_at) values (${SECRET_KEY}, ${JSON.stringify(newSecret())}::jsonb, ${ts(clock.now())}) on conflict (key) do nothing`,
+      );
+      secret = await getSetting<string>(db, SECRET_KEY);
+    }
+    if (!secret) throw new Error('could not create the callback secret');
+  }
+
+  function attemptToken(attemptId: string): string {
+    if (!secret) throw new Error('engine.init() was not called');
+    return tokenFor(secret, attemptId);
+  }
+
+  async function enqueueCards(tx: Tx, leadId: number, now: Date): Promise<void> {
+    if (deps.cardChats.length === 0) return;
+    await tx.execute(sql`
+      insert into tg_outbox (chat_id, kind, lead_id, status, run_at, created_at)
+      values ${sql.join(
+        deps.cardChats.map((c) => sql`(${c}, 'card', ${leadId}, 'pending', ${ts(now)}, ${ts(now)})`),
+        sql`, `,
+      )}
+      on conflict (chat_id, lead_id) where kind = 'card' and status = 'pending' do nothing`);
+  }
+
+  function effectRow(leadId: number, e: Effect, now: Date, seq: number, lead: LeadRow, extra: { attemptId?: string }) {
+    const base = { leadId, runAt: now, createdAt: now, status: 'pending' as const };
+    switch (e.kind) {
+      case 'crm.create':
+        return { ...base, kind: e.kind, idemKey: `lead:${leadId}:crm.create`, payload: {} };
+      case 'call.start':
+        return { ...base, kind: e.kind, idemKey: `lead:${leadId}:call:${e.attemptNumber}`, payload: { attemptId: extra.attemptId, attemptNumber: e.attemptNumber } };
+      case 'sms.send':
+        return { ...base, kind: e.kind, idemKey: `lead:${leadId}:sms:${e.sms}:${lead.budgetBase}`, payload: { sms: e.sms } };
+      case 'crm.comment':
+      case 'crm.final':
+        return {
+          ...base,
+          kind: e.kind,
+          needsCrm: true,
+          idemKey: `lead:${leadId}:${e.kind}:${now.getTime()}:${seq}`,
+          payload: e.kind === 'crm.comment' ? { body: e.body } : { state: e.state },
+        };
+    }
+  }
+
+  /**
+   * The one way a lead changes: inside a transaction holding the lead's row lock,
+   * ask the pure machine, write the new state, the timeline event, the effect
+   * intents and the card refresh. Nothing here talks to the outside world.
+   */
+  async function transitionInTx(tx: Tx, lead: LeadRow, event: LeadEvent, actor: Actor, now: Date, eventData?: Record<string, unknown>): Promise<Decision> {
+    const d = decide(snapshot(lead), event, now, { ...deps.policy, paused });
+    if (d.ignored) {
+      await tx.insert(leadEvents).values({
+        leadId: lead.id,
+        at: now,
+        track: 'note',
+        fromState: lead.state,
+        toState: lead.state,
+        reason: d.reason,
+        actor: actor.id,
+        actorName: actor.name ?? null,
+        data: eventData ?? null,
+      });
+      await enqueueCards(tx, lead.id, now);
+      return d;
+    }
+
+    const set: Partial<typeof leads.$inferInsert> = { state: d.state, updatedAt: now };
+    if (d.runAt !== 'keep') set.nextRunAt = d.runAt;
+    const p = d.patch;
+    if (p.crmStatus !== undefined) set.crmStatus = p.crmStatus;
+    if (p.crmId !== undefined) set.crmId = p.crmId;
+    if (p.attempts !== undefined) set.attempts = p.attempts;
+    if (p.budgetBase !== undefined) set.budgetBase = p.budgetBase;
+    if (p.currentAttemptId !== undefined) set.currentAttemptId = p.currentAttemptId;
+    if (p.nightSmsAt !== undefined) set.nightSmsAt = p.nightSmsAt;
+    if (p.phone !== undefined) set.phone = p.phone;
+    if (p.phoneCorrected !== undefined) set.phoneCorrected = p.phoneCorrected;
+    if (p.callNow !== undefined) set.callNow = p.callNow;
+    if (p.crmStatus === 'created') set.crmError = null;
+
+    let attemptId: string | undefined;
+    const call = d.effects.find((e) => e.kind === 'call.start');
+    if (call && call.kind === 'call.start') {
+      attemptId = newAttemptId();
+      await tx.insert(callAttempts).values({
+        id: attemptId,
+        leadId: lead.id,
+        number: call.attemptNumber,
+        tokenHash: hashToken(attemptToken(attemptId)),
+        createdAt: now,
+        // The token dies with the attempt: a result is accepted until a while after the callback timeout.
+        expiresAt: new Date(now.getTime() + deps.policy.callbackTimeoutMs * 2),
+      });
+      set.currentAttemptId = attemptId;
+      if (!lead.firstCallAt) set.firstCallAt = now;
+    }
+    await tx.update(leads).set(set).where(eq(leads.id, lead.id));
+
+    const crmMoved = p.crmStatus !== undefined && p.crmStatus !== lead.crmStatus;
+    const stateMoved = d.state !== lead.state;
+    const rows: (typeof leadEvents.$inferInsert)[] = [];
+    if (stateMoved || !crmMoved)
+      rows.push({ leadId: lead.id, at: now, track: 'contact', fromState: lead.state, toState: d.state, reason: d.reason, actor: actor.id, actorName: actor.name ?? null, data: eventData ?? null });
+    if (crmMoved)
+      rows.push({ leadId: lead.id, at: now, track: 'crm', fromState: lead.crmStatus, toState: p.crmStatus!, reason: d.reason, actor: actor.id, actorName: actor.name ?? null, data: eventData ?? null });
+    await tx.insert(leadEvents).values(rows);
+
+    if (d.effects.length > 0) {
+      const values = d.effects.map((e, i) => {
+        const row = effectRow(lead.id, withActor(e, actor), now, i, { ...lead, ...set } as LeadRow, attemptId ? { attemptId } : {});
+        return row;
+      });
+      await tx.insert(effects).values(values).onConflictDoNothing({ target: effects.idemKey });
+    }
+    await enqueueCards(tx, lead.id, now);
+    return d;
+  }
+
+  function withActor(e: Effect, actor: Actor): Effect {
+    if (e.kind === 'crm.comment' && actor.id !== 'system') return { ...e, body: { ...e.body, actor: actor.name ?? actor.id } };
+    return e;
+  }
+
+  /** Applies one event to one lead in its own transaction. */
+  async function apply(leadId: number, event: LeadEvent, actor: Actor = SYSTEM, eventData?: Record<string, unknown>): Promise<ApplyResult | null> {
+    const now = clock.now();
+    const result = await db.orm.transaction(async (tx) => {
+      const rows = await tx.select().from(leads).where(eq(leads.id, leadId)).for('update').limit(1);
+      const lead = rows[0];
+      if (!lead) return null;
+      const d = await transitionInTx(tx, lead, event, actor, now, eventData);
+      return { applied: !d.ignored, state: d.state, reason: d.reason };
+    });
+    if (result) afterChange();
+    return result;
+  }
+
+  function afterChange(): void {
+    deps.onCardsQueued?.();
+    runner.wake();
+    wake();
+  }
+
+  /** Claims due leads (SKIP LOCKED: several instances share the work) and moves each one step. */
+  async function runTransitions(): Promise<number> {
+    const now = clock.now();
+    paused = (await getSetting<boolean>(db, PAUSED_KEY)) ?? paused;
+    const n = await db.orm.transaction(async (tx) => {
+      const due = await db.query<{ id: number }>(
+        sql`select id from leads where next_run_at <= ${ts(now)} order by next_run_at limit ${batchSize} for update skip locked`,
+        tx,
+      );
+      if (due.length === 0) return 0;
+      const ids = due.map((r) => r.id);
+      const rows = await tx.select().from(leads).where(inArray(leads.id, ids));
+      for (const lead of rows) {
+        try {
+          await tx.transaction(async (sp) => {
+            await transitionInTx(sp, lead, { type: 'tick' }, SYSTEM, now);
+          });
+        } catch (err) {
+          log.error({ err, leadId: lead.id }, 'transition failed; lead retried in a minute');
+          await tx
+            .update(leads)
+            .set({ nextRunAt: new Date(now.getTime() + 60_000) })
+            .where(eq(leads.id, lead.id));
+        }
+      }
+      return rows.length;
+    });
+    if (n > 0) {
+      deps.onCardsQueued?.();
+      runner.wake();
+    }
+    return n;
+  }
+
+  const runner = createEffectRunner({
+    ...deps,
+    apply: (leadId, event, data) => apply(leadId, event, SYSTEM, data),
+    tokenFor: attemptToken,
+    enqueueCards: async (leadId) => {
+      await db.orm.transaction((tx) => enqueueCards(tx, leadId, clock.now()));
+      deps.onCardsQueued?.();
+    },
+  });
+
+  /** POST /v1/calls/result: checks the attempt's token and drives the lead on. */
+  async function callResult(input: CallResultInput, log2: Logger = log): Promise<CallResultAnswer> {
+    const now = clock.now();
+    const rows = await db.orm.select().from(callAttempts).where(eq(callAttempts.id, input.attempt)).limit(1);
+    const attempt = rows[0];
+    if (!attempt) return { status: 404, body: { ok: false, error: 'unknown attempt' } };
+    if (!tokenMatches(input.token, attempt.tokenHash)) {
+      log2.warn({ leadId: attempt.leadId, attempt: attempt.id }, 'call result with a wrong token refused');
+      return { status: 403, body: { ok: false, error: 'wrong token' } };
+    }
+    if (attempt.outcome !== null) {
+      // A repeat of an accepted result changes nothing.
+      const lead = await db.orm.select({ state: leads.state }).from(leads).where(eq(leads.id, attempt.leadId));
+      return { status: 200, body: { ok: true, applied: false, state: lead[0]?.state ?? 'unknown' } };
+    }
+    if (attempt.expiresAt.getTime() < now.getTime()) {
+      log2.warn({ leadId: attempt.leadId, attempt: attempt.id }, 'call result for an expired attempt refused');
+      return { status: 403, body: { ok: false, error: 'attempt expired' } };
+    }
+    const outcome = input.outcome;
+    const data = {
+      attempt: attempt.number,
+      outcome,
+      ...(input.code !== undefined ? { code: String(input.code) } : {}),
+      ...(input.reason ? { reason: input.reason } : {}),
+      ...(input.duration !== undefined ? { duration: input.duration } : {}),
+    };
+    const res = await db.orm.transaction(async (tx) => {
+      // Accept once: the first writer wins, a concurrent repeat finds outcome set.
+      const claimed = await tx
+        .update(callAttempts)
+        .set({
+          outcome,
+          code: input.code === undefined ? null : String(input.code),
+          reason: input.reason ?? null,
+          durationSec: input.duration === undefined ? null : Math.round(input.duration),
+          sessionId: input.session_id ?? null,
+          resultAt: now,
+        })
+        .where(sql`${callAttempts.id} = ${attempt.id} and ${callAttempts.outcome} is null`)
+        .returning({ id: callAttempts.id });
+      const lr = await tx.select().from(leads).where(eq(leads.id, attempt.leadId)).for('update').limit(1);
+      const lead = lr[0]!;
+      if (claimed.length === 0) return { applied: false, state: lead.state };
+      const d = await transitionInTx(tx, lead, { type: 'call_result', attemptId: attempt.id, outcome }, SYSTEM, now, data);
+      return { applied: !d.ignored, state: d.state };
+    });
+    afterChange();
+    return { status: 200, body: { ok: true, ...res } };
+  }
+
+  async function operator(leadId: number, action: OperatorAction, actor: Actor): Promise<ApplyResult | null> {
+    return apply(leadId, { type: 'operator', action }, actor);
+  }
+
+  /** The card's "Retry CRM": the lead's waiting CRM work goes back in line now. */
+  async function retryCrm(leadId: number, actor: Actor): Promise<ApplyResult | null> {
+    const now = clock.now();
+    const r = await db.orm.transaction(async (tx) => {
+      const rows = await tx.select().from(leads).where(eq(leads.id, leadId)).for('update').limit(1);
+      const lead = rows[0];
+      if (!lead) return null;
+      const ok = lead.crmStatus === 'error';
+      if (ok) {
+        await tx.execute(
+          sql`update effects set run_at = ${ts(now)} where lead_id = ${leadId} and status = 'pending' and kind like 'crm.%'`,
+        );
+      }
+      await tx.insert(leadEvents).values({
+        leadId,
+        at: now,
+        track: 'crm',
+        fromState: lead.crmStatus,
+        toState: lead.crmStatus,
+        reason: ok ? 'operator_retry_crm' : 'operator_retry_crm_not_needed',
+        actor: actor.id,
+        actorName: actor.name ?? null,
+      });
+      await enqueueCards(tx, leadId, now);
+      return { applied: ok, state: lead.state as ContactState, reason: 'operator_retry_crm' };
+    });
+    if (r) afterChange();
+    return r;
+  }
+
+  async function setPaused(value: boolean, actor: Actor): Promise<void> {
+    await putSetting(db, PAUSED_KEY, value, clock.now());
+    paused = value;
+    log.info({ actor: actor.id, paused: value }, value ? 'automatic calls paused' : 'automatic calls resumed');
+    if (!value) wake();
+  }
+
+  function wake(): void {
+    wakeTransitions?.();
+  }
+
+  async function loop(): Promise<void> {
+    while (running) {
+      let n = 0;
+      try {
+        n = await runTransitions();
+      } catch (err) {
+        log.error({ err }, 'engine: transition batch failed');
+      }
+      if (n > 0) continue;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, deps.pollMs);
+        function done() {
+          clearTimeout(t);
+          wakeTransitions = null;
+          resolve();
+        }
+        wakeTransitions = done;
+      });
+    }
+  }
+
+  return {
+    init,
+    /** Starts the worker loops (transitions and effects). */
+    async start(): Promise<void> {
+      if (running) return;
+      running = true;
+      unlisten = await db.listen('hotlead_due', () => wake()).catch((err) => {
+        log.warn({ err }, 'LISTEN unavailable; polling only');
+        return null;
+      });
+      transitionLoop = loop();
+      runner.start();
+    },
+    async stop(): Promise<void> {
+      running = false;
+      wake();
+      await transitionLoop;
+      await runner.stop();
+      await unlisten?.();
+    },
+    wake,
+    apply,
+    callResult,
+    operator,
+    retryCrm,
+    setPaused,
+    isPaused: () => paused,
+    attemptToken,
+    /** One pass: due transitions, then due effects. For tests and tools. */
+    async runOnce(): Promise<{ transitions: number; effects: number }> {
+      const transitions = await runTransitions();
+      const effectsDone = await runner.runOnce();
+      return { transitions, effects: effectsDone };
+    },
+    /** Repeats runOnce until nothing is due at the current clock time. */
+    async drain(maxRounds = 100): Promise<number> {
+      let total = 0;
+      for (let i = 0; i < maxRounds; i++) {
+        const r = await this.runOnce();
+        total += r.transitions + r.effects;
+        if (r.transitions === 0 && r.effects === 0) return total;
+      }
+      return total;
+    },
+  };
+}

@@ -1,0 +1,463 @@
+/**
+ * Runs voximplant/robot-call.js in a `node:vm` context under a small fake of the
+ * VoxEngine API (VoxEngine, AppEvents, CallEvents, AMD, Net, Logger, timers) and checks
+ * what it posts to hotlead's POST /v1/calls/result for every branch.
+ */
+import { readFileSync } from 'node:fs';
+import vm from 'node:vm';
+import { describe, expect, it } from 'vitest';
+
+const SOURCE = readFileSync(new URL('../voximplant/robot-call.js', import.meta.url), 'utf8');
+const CALLBACK_URL = 'https://hotlead.example.com/v1/calls/result';
+const TOKEN = 'tK3n_Qz9-aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1w';
+const ATTEMPT = 'att_01J9ZKQ5M3X8Y7W6V5T4S';
+const GOOD_DATA = JSON.stringify({ phone: '79161234567', attempt: ATTEMPT, token: TOKEN, n: 'Анна' });
+
+const AppEvents = {
+  Started: 'Application.Started',
+  Terminating: 'Application.Terminating',
+  Terminated: 'Application.Terminated',
+};
+const CallEvents = {
+  Connected: 'Call.Connected',
+  Disconnected: 'Call.Disconnected',
+  Failed: 'Call.Failed',
+  PlaybackFinished: 'Call.PlaybackFinished',
+};
+const AmdEvents = { DetectionComplete: 'AMD.Events.DetectionComplete', DetectionError: 'AMD.Events.DetectionError' };
+const ResultClass = { VOICEMAIL: 'VOICEMAIL', HUMAN: 'HUMAN', TIMEOUT: 'TIMEOUT', CALL_ENDED: 'CALL_ENDED' };
+
+type Listener = (e: unknown) => void;
+
+class Emitter {
+  private readonly listeners = new Map<string, Listener[]>();
+  addEventListener(event: string, fn: Listener): void {
+    this.listeners.set(event, [...(this.listeners.get(event) ?? []), fn]);
+  }
+  removeEventListener(event: string, fn?: Listener): void {
+    this.listeners.set(event, fn ? (this.listeners.get(event) ?? []).filter((f) => f !== fn) : []);
+  }
+  emit(event: string, payload: unknown = {}): void {
+    for (const fn of this.listeners.get(event) ?? []) fn(payload);
+  }
+}
+
+class FakeCall extends Emitter {
+  hangups = 0;
+  played: string[] = [];
+  said: Array<{ text: string; params: unknown }> = [];
+  constructor(
+    readonly number: string,
+    readonly callerId: string,
+    readonly params: Record<string, unknown>,
+  ) {
+    super();
+  }
+  hangup(): void {
+    this.hangups += 1;
+  }
+  startPlayback(url: string): void {
+    this.played.push(url);
+  }
+  say(text: string, params?: unknown): void {
+    this.said.push({ text, params });
+  }
+}
+
+class FakeAmd extends Emitter {
+  constructor(readonly params: { model: string; timeout?: number }) {
+    super();
+  }
+}
+
+type PostAnswer = { code: number; error?: string; text?: string } | Error | 'throw';
+
+interface Post {
+  url: string;
+  options: { method?: string; headers?: Record<string, string>; postData?: string; timeout?: number };
+  body: Record<string, unknown>;
+}
+
+function runScenario(opts: { customData?: string; posts?: PostAnswer[]; source?: string; withAmd?: boolean } = {}) {
+  let now = 0;
+  let seq = 0;
+  const timers: Array<{ id: number; at: number; fn: () => void }> = [];
+  const posts: Post[] = [];
+  const answers = [...(opts.posts ?? [])];
+  const logs: string[] = [];
+  const requires: unknown[] = [];
+  const calls: FakeCall[] = [];
+  const amds: FakeAmd[] = [];
+  const app = new Emitter();
+  let terminated = 0;
+
+  const sandbox: Record<string, unknown> = {
+    VoxEngine: {
+      addEventListener: (e: string, fn: Listener) => app.addEventListener(e, fn),
+      customData: () => opts.customData ?? GOOD_DATA,
+      callPSTN: (number: string, callerId: string, params: Record<string, unknown>) => {
+        const c = new FakeCall(number, callerId, params);
+        calls.push(c);
+        return c;
+      },
+      terminate: () => {
+        terminated += 1;
+      },
+    },
+    AppEvents,
+    CallEvents,
+    Net: {
+      httpRequestAsync: (url: string, options: Post['options']) => {
+        posts.push({ url, options, body: JSON.parse(options.postData ?? 'null') as Record<string, unknown> });
+        const a = answers.shift() ?? { code: 200, text: '{}' };
+        if (a === 'throw') throw new Error('Net is down');
+        return a instanceof Error ? Promise.reject(a) : Promise.resolve(a);
+      },
+    },
+    Logger: { write: (m: unknown) => logs.push(String(m)) },
+    Modules: { AMD: 'AMD' },
+    require: (m: unknown) => requires.push(m),
+    VoiceList: { Yandex: { Neural: { ru_RU_alena: 'yandex-neural-alena' } } },
+    setTimeout: (fn: () => void, ms: number) => {
+      const id = ++seq;
+      timers.push({ id, at: now + ms, fn });
+      return id;
+    },
+    clearTimeout: (id: number) => {
+      const i = timers.findIndex((t) => t.id === id);
+      if (i !== -1) timers.splice(i, 1);
+    },
+  };
+  if (opts.withAmd !== false) {
+    sandbox.AMD = {
+      Model: { RU: 'ru', KZ: 'kz', US: 'us', EU_GENERAL: 'eu_general' },
+      Events: AmdEvents,
+      ResultClass,
+      create: (params: { model: string; timeout?: number }) => {
+        const a = new FakeAmd(params);
+        amds.push(a);
+        return a;
+      },
+    };
+  }
+  vm.runInContext(opts.source ?? SOURCE, vm.createContext(sandbox), { filename: 'robot-call.js' });
+
+  const flush = async () => {
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+  };
+
+  return {
+    posts,
+    logs,
+    requires,
+    calls,
+    amds,
+    get terminated() {
+      return terminated;
+    },
+    get call(): FakeCall {
+      const c = calls[0];
+      if (!c) throw new Error('no call was placed');
+      return c;
+    },
+    get amd(): FakeAmd {
+      const a = amds[0];
+      if (!a) throw new Error('no AMD was created');
+      return a;
+    },
+    pendingTimers: () => timers.length,
+    async start(sessionId: number | undefined = 777) {
+      app.emit(AppEvents.Started, { sessionId, accessURL: 'http://x', accountId: 1, applicationId: 2 });
+      await flush();
+    },
+    async emitApp(event: string, payload: unknown = {}) {
+      app.emit(event, payload);
+      await flush();
+    },
+    async emitCall(event: string, payload: unknown = {}) {
+      this.call.emit(event, { call: this.call, ...(payload as object) });
+      await flush();
+    },
+    async emitAmd(event: string, payload: unknown = {}) {
+      this.amd.emit(event, { amd: this.amd, ...(payload as object) });
+      await flush();
+    },
+    /** Moves the fake clock, firing due timers in order. */
+    async advance(ms: number) {
+      const until = now + ms;
+      for (;;) {
+        timers.sort((a, b) => a.at - b.at || a.id - b.id);
+        const next = timers[0];
+        if (!next || next.at > until) break;
+        timers.shift();
+        now = next.at;
+        next.fn();
+        await flush();
+      }
+      now = until;
+    },
+  };
+}
+
+async function answeredByPerson(s: ReturnType<typeof runScenario>) {
+  await s.start();
+  await s.emitCall(CallEvents.Connected);
+  await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'HUMAN', confidence: 93 });
+}
+
+describe('robot-call.js', () => {
+  it('a person answers: AMD says human, the text is spoken, the call hangs up, answered is posted, then terminate', async () => {
+    const s = runScenario();
+    await s.start(777);
+    expect(s.requires).toEqual(['AMD']);
+    expect(s.call.number).toBe('79161234567');
+    expect(s.call.callerId).toBe('74950000000');
+    expect(s.call.params.amd).toBe(s.amd);
+    expect(s.amd.params).toEqual({ model: 'ru', timeout: 6500 });
+
+    await s.emitCall(CallEvents.Connected);
+    expect(s.call.said).toHaveLength(0); // waits for AMD
+    await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'HUMAN', confidence: 93 });
+    expect(s.call.said).toHaveLength(1);
+    expect(s.call.said[0]?.text).toContain('Анна');
+    expect(s.call.said[0]?.params).toEqual({ language: 'yandex-neural-alena' });
+
+    await s.emitCall(CallEvents.PlaybackFinished);
+    expect(s.call.hangups).toBe(1);
+    expect(s.posts).toHaveLength(0);
+    expect(s.terminated).toBe(0);
+
+    await s.emitCall(CallEvents.Disconnected, { duration: 14, internalCode: 200, reason: 'Normal' });
+    expect(s.posts).toHaveLength(1);
+    const [post] = s.posts;
+    expect(post?.url).toBe(CALLBACK_URL);
+    expect(post?.options.method).toBe('POST');
+    expect(post?.options.headers).toEqual({ 'Content-Type': 'application/json' });
+    expect(post?.body).toEqual({
+      attempt: ATTEMPT,
+      token: TOKEN,
+      outcome: 'answered',
+      code: 200,
+      reason: 'message_played',
+      duration: 14,
+      session_id: '777',
+    });
+    expect(s.terminated).toBe(1);
+    expect(s.pendingTimers()).toBe(0);
+  });
+
+  it('plays the recording when RECORDING_URL is set', async () => {
+    const source = SOURCE.replace("const RECORDING_URL = '';", "const RECORDING_URL = 'https://cdn.example.com/hello.mp3';");
+    expect(source).not.toBe(SOURCE);
+    const s = runScenario({ source });
+    await answeredByPerson(s);
+    expect(s.call.played).toEqual(['https://cdn.example.com/hello.mp3']);
+    expect(s.call.said).toHaveLength(0);
+  });
+
+  it('speaks the text without a name when there is none', async () => {
+    const s = runScenario({ customData: JSON.stringify({ phone: '79161234567', attempt: ATTEMPT, token: TOKEN }) });
+    await answeredByPerson(s);
+    expect(s.call.said[0]?.text).toMatch(/^Здравствуйте! /);
+    expect(s.call.said[0]?.text).not.toContain('{name}');
+  });
+
+  it('AMD timeout (silence) is treated as a person', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Connected);
+    await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'TIMEOUT' });
+    expect(s.call.said).toHaveLength(1);
+  });
+
+  it('speaks anyway when AMD never answers', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Connected);
+    await s.advance(9_000);
+    expect(s.call.said).toHaveLength(0);
+    await s.advance(600);
+    expect(s.call.said).toHaveLength(1);
+  });
+
+  it('an AMD verdict that arrives before Connected is applied at Connected', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'HUMAN' });
+    expect(s.call.said).toHaveLength(0);
+    await s.emitCall(CallEvents.Connected);
+    expect(s.call.said).toHaveLength(1);
+  });
+
+  it('an AMD error falls back to speaking', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Connected);
+    await s.emitAmd(AmdEvents.DetectionError, { message: 'model failure' });
+    expect(s.call.said).toHaveLength(1);
+  });
+
+  it('without the AMD module it calls without detection and speaks at once', async () => {
+    const s = runScenario({ withAmd: false });
+    await s.start();
+    expect(s.call.params).toEqual({});
+    await s.emitCall(CallEvents.Connected);
+    expect(s.call.said).toHaveLength(1);
+  });
+
+  it('a machine answers: hang up without speaking, post voicemail', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Connected);
+    await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'VOICEMAIL', confidence: 88 });
+    expect(s.call.hangups).toBe(1);
+    expect(s.call.said).toHaveLength(0);
+    await s.emitCall(CallEvents.Disconnected, { duration: 4 });
+    expect(s.posts.map((p) => p.body)).toEqual([
+      { attempt: ATTEMPT, token: TOKEN, outcome: 'voicemail', reason: 'amd_voicemail', duration: 4, session_id: '777' },
+    ]);
+    expect(s.terminated).toBe(1);
+  });
+
+  it('the callee hangs up before the message: no_answer', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Connected);
+    await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'CALL_ENDED' });
+    await s.emitCall(CallEvents.Disconnected, { duration: 2 });
+    expect(s.posts[0]?.body).toMatchObject({ outcome: 'no_answer', reason: 'hangup_before_message', duration: 2 });
+  });
+
+  it('the callee hangs up during the message: answered', async () => {
+    const s = runScenario();
+    await answeredByPerson(s);
+    await s.emitCall(CallEvents.Disconnected, { duration: 6 });
+    expect(s.posts[0]?.body).toMatchObject({ outcome: 'answered', code: 200, reason: 'hangup_during_message' });
+  });
+
+  it.each([
+    [486, 'busy', 'Busy Here'],
+    [600, 'busy', 'Busy Everywhere'],
+    [603, 'busy', 'Decline'],
+    [480, 'no_answer', 'Temporarily Unavailable'],
+    [408, 'no_answer', 'Request Timeout'],
+    [503, 'unavailable', 'Service Unavailable'],
+    [404, 'invalid_number', 'Not Found'],
+    [484, 'invalid_number', 'Address Incomplete'],
+    [500, 'failed', 'Internal Server Error'],
+  ] as const)('call failure %i -> %s', async (code, outcome, reason) => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Failed, { code, reason });
+    expect(s.posts.map((p) => p.body)).toEqual([
+      { attempt: ATTEMPT, token: TOKEN, outcome, code, reason, duration: 0, session_id: '777' },
+    ]);
+    expect(s.terminated).toBe(1);
+  });
+
+  it('402 (VoxImplant out of money) is failed with reason money', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Failed, { code: 402, reason: 'Payment Required' });
+    expect(s.posts[0]?.body).toMatchObject({ outcome: 'failed', code: 402, reason: 'money' });
+  });
+
+  it('gives up ringing after RING_TIMEOUT_S: no_answer / ring_timeout', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.advance(45_000);
+    expect(s.call.hangups).toBe(1);
+    await s.emitCall(CallEvents.Failed, { code: 487, reason: 'Request Terminated' });
+    expect(s.posts.map((p) => p.body.outcome)).toEqual(['no_answer']);
+    expect(s.posts[0]?.body).toMatchObject({ code: 408, reason: 'ring_timeout' });
+  });
+
+  it('retries a failing result post (503, then timeout) and terminates only after it succeeds', async () => {
+    const s = runScenario({ posts: [{ code: 503, text: 'busy' }, { code: -7, error: 'Timeout' }, { code: 200, text: '{}' }] });
+    await s.start();
+    await s.emitCall(CallEvents.Failed, { code: 486, reason: 'Busy Here' });
+    expect(s.posts).toHaveLength(1);
+    expect(s.terminated).toBe(0);
+    await s.advance(1_000);
+    expect(s.posts).toHaveLength(2);
+    expect(s.terminated).toBe(0);
+    await s.advance(3_000);
+    expect(s.posts).toHaveLength(3);
+    expect(s.terminated).toBe(1);
+    expect(new Set(s.posts.map((p) => JSON.stringify(p.body))).size).toBe(1); // the same result each time
+  });
+
+  it('retries when Net rejects or throws', async () => {
+    const s = runScenario({ posts: [new Error('socket hang up'), 'throw', { code: 200 }] });
+    await s.start();
+    await s.emitCall(CallEvents.Failed, { code: 486, reason: 'Busy Here' });
+    await s.advance(10_000);
+    expect(s.posts).toHaveLength(3);
+    expect(s.terminated).toBe(1);
+  });
+
+  it('stops after POST_ATTEMPTS and still terminates', async () => {
+    const s = runScenario({ posts: [{ code: 502 }, { code: 502 }, { code: 502 }, { code: 502 }, { code: 502 }] });
+    await s.start();
+    await s.emitCall(CallEvents.Failed, { code: 486, reason: 'Busy Here' });
+    await s.advance(60_000);
+    expect(s.posts).toHaveLength(4);
+    expect(s.terminated).toBe(1);
+  });
+
+  it('does not retry a refusal (403 wrong token)', async () => {
+    const s = runScenario({ posts: [{ code: 403 }] });
+    await s.start();
+    await s.emitCall(CallEvents.Failed, { code: 486, reason: 'Busy Here' });
+    await s.advance(60_000);
+    expect(s.posts).toHaveLength(1);
+    expect(s.terminated).toBe(1);
+  });
+
+  it('broken custom data: nothing to report to, no call, terminate', async () => {
+    for (const customData of ['not json', '[1,2]', 'null', JSON.stringify({ phone: '79161234567', token: TOKEN })]) {
+      const s = runScenario({ customData });
+      await s.start();
+      expect(s.calls).toHaveLength(0);
+      expect(s.posts).toHaveLength(0);
+      expect(s.terminated).toBe(1);
+    }
+  });
+
+  it('custom data with attempt and token but no usable phone: failed / bad_custom_data, no call', async () => {
+    const s = runScenario({ customData: JSON.stringify({ phone: '+7 916', attempt: ATTEMPT, token: TOKEN }) });
+    await s.start();
+    expect(s.calls).toHaveLength(0);
+    expect(s.posts[0]?.body).toMatchObject({ attempt: ATTEMPT, token: TOKEN, outcome: 'failed', reason: 'bad_custom_data' });
+    expect(s.terminated).toBe(1);
+  });
+
+  it('a session ended by the platform mid-call still tells hotlead once', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Connected);
+    await s.emitApp(AppEvents.Terminating);
+    expect(s.posts.map((p) => p.body)).toEqual([
+      expect.objectContaining({ outcome: 'failed', reason: 'session_terminated', attempt: ATTEMPT, token: TOKEN }),
+    ]);
+  });
+
+  it('its own terminate does not trigger a second post', async () => {
+    const s = runScenario();
+    await s.start();
+    await s.emitCall(CallEvents.Failed, { code: 486, reason: 'Busy Here' });
+    await s.emitApp(AppEvents.Terminating);
+    expect(s.posts).toHaveLength(1);
+  });
+
+  it('never logs the token or the full phone number', async () => {
+    const s = runScenario();
+    await answeredByPerson(s);
+    await s.emitCall(CallEvents.PlaybackFinished);
+    await s.emitCall(CallEvents.Disconnected, { duration: 14 });
+    const all = s.logs.join('\n');
+    expect(all).toContain('7916');
+    expect(all).not.toContain('79161234567');
+    expect(all).not.toContain(TOKEN);
+  });
+});
