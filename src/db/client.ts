@@ -28,6 +28,8 @@ export interface Db {
    * in-process wake-ups).
    */
   listen(channel: string, onNotify: () => void): Promise<(() => Promise<void>) | null>;
+  /** NOTIFY a channel (a no-op on PGlite, where one process is all there is). */
+  notify(channel: string): Promise<void>;
   /** Applies drizzle/ migrations; several instances booting at once take turns. */
   migrate(): Promise<void>;
   close(): Promise<void>;
@@ -84,6 +86,9 @@ async function openPostgres(url: string, max: number): Promise<Db> {
       const sub = await client.listen(channel, () => onNotify());
       return () => sub.unlisten();
     },
+    async notify(channel) {
+      await client.notify(channel, '');
+    },
     async migrate() {
       const { migrate: run } = await import('drizzle-orm/postgres-js/migrator');
       // A session-level advisory lock on a reserved connection: a second instance
@@ -128,6 +133,7 @@ async function openPglite(dataDir: string): Promise<Db> {
     async listen() {
       return null;
     },
+    async notify() {},
     async migrate() {
       const { migrate: run } = await import('drizzle-orm/pglite/migrator');
       await run(orm as never, { migrationsFolder: MIGRATIONS_FOLDER });

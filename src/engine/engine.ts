@@ -67,6 +67,8 @@ export interface CallResultInput {
 export type Engine = ReturnType<typeof createEngine>;
 
 const PAUSED_KEY = 'calls_paused';
+/** LISTEN/NOTIFY channel that tells every instance new leads are due. */
+const DUE_CHANNEL = 'hotlead_due';
 const SECRET_KEY = 'callback_secret';
 
 export function snapshot(l: LeadRow): LeadSnapshot {
@@ -388,6 +390,21 @@ export function createEngine(deps: EngineDeps) {
     wakeTransitions?.();
   }
 
+  /**
+   * New work exists (a lead arrived): wake this instance now and, on PostgreSQL, the
+   * others through NOTIFY — debounced, so a burst of leads sends a handful of
+   * notifications, not one per lead.
+   */
+  let notifyTimer: NodeJS.Timeout | null = null;
+  function announce(): void {
+    wake();
+    if (db.kind !== 'postgres' || notifyTimer) return;
+    notifyTimer = setTimeout(() => {
+      notifyTimer = null;
+      db.notify(DUE_CHANNEL).catch((err) => log.warn({ err }, 'NOTIFY failed; other instances will poll'));
+    }, 5);
+  }
+
   async function loop(): Promise<void> {
     while (running) {
       let n = 0;
@@ -415,7 +432,7 @@ export function createEngine(deps: EngineDeps) {
     async start(): Promise<void> {
       if (running) return;
       running = true;
-      unlisten = await db.listen('hotlead_due', () => wake()).catch((err) => {
+      unlisten = await db.listen(DUE_CHANNEL, () => wake()).catch((err) => {
         log.warn({ err }, 'LISTEN unavailable; polling only');
         return null;
       });
@@ -424,12 +441,15 @@ export function createEngine(deps: EngineDeps) {
     },
     async stop(): Promise<void> {
       running = false;
+      if (notifyTimer) clearTimeout(notifyTimer);
+      notifyTimer = null;
       wake();
       await transitionLoop;
       await runner.stop();
       await unlisten?.();
     },
     wake,
+    announce,
     apply,
     callResult,
     operator,

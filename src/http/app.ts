@@ -14,7 +14,7 @@ import { openApiDocument } from './openapi.js';
 
 export interface AppDeps {
   db: Db;
-  engine: Pick<Engine, 'callResult' | 'wake'>;
+  engine: Pick<Engine, 'callResult' | 'announce'>;
   clock: Clock;
   log: Logger;
   intakeToken?: string | undefined;
@@ -117,7 +117,7 @@ export function createApp(deps: AppDeps) {
     try {
       const lead = toNewLead(parsed.data, { defaultCountry: deps.defaultCountry, idempotencyKey: idem, source });
       const r = await insertLead(db, lead, clock.now());
-      if (!r.duplicate) engine.wake();
+      if (!r.duplicate) engine.announce();
       log.info({ leadId: r.id, duplicate: r.duplicate, source }, r.duplicate ? 'duplicate lead answered' : 'lead received');
       return { result: r } as const;
     } catch (e) {
