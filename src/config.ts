@@ -2,8 +2,12 @@ import { readFileSync, existsSync } from 'node:fs';
 import { parseEnv } from 'node:util';
 import { z } from 'zod';
 import { parseDailyHours, parseWeeklyHours } from './domain/calling-window.js';
+import { parseFieldMap, parsePartnerStrategy, parseStatusMap, type PartnerStrategy } from './integrations/bitrix24/index.js';
+import type { CrmFinalState } from './integrations/types.js';
 import { parseServiceAccountCredentials, type VoximplantServiceAccount } from './integrations/voximplant/jwt.js';
 import { DEFAULT_SMS_TEMPLATES, validateTemplates, type SmsTemplates } from './integrations/voximplant/sms-templates.js';
+import { validate as validateCron } from 'node-cron';
+import { parseRateLimit, parseTrustProxy, type RateLimitRule } from './http/rate-limit.js';
 
 /**
  * The one place that knows about environment variables. `loadConfig(env)` turns them
@@ -99,6 +103,20 @@ const envSchema = z.object({
   BITRIX24_REFRESH_TOKEN: optionalString,
   BITRIX24_OAUTH_URL: optionalUrl,
 
+  BITRIX24_PARTNER_STRATEGY: z.string().default('utm_only'),
+  BITRIX24_PARTNER_CACHE_TTL: duration('10m'),
+  BITRIX24_LEAD_TITLE: optionalString,
+  BITRIX24_SOURCE_ID: z.string().default('WEB'),
+  BITRIX24_STATUS_MAP: optionalString,
+  BITRIX24_FIELD_MAP: optionalString,
+  BITRIX24_RATE_PER_SEC: z
+    .string()
+    .default('2')
+    .transform((v) => Number(v))
+    .refine((n) => Number.isFinite(n) && n > 0, { message: 'must be a positive number (2 on most plans, 5 on Enterprise)' }),
+  BITRIX24_RATE_BURST: intString(50, 1),
+  BITRIX24_TIMEOUT: duration('10s'),
+
   VOXIMPLANT_ACCOUNT_ID: optionalString,
   VOXIMPLANT_API_KEY: optionalString,
   VOXIMPLANT_CREDENTIALS: optionalString,
@@ -138,6 +156,23 @@ const envSchema = z.object({
   SANDBOX_CALL_DELAY: duration('2s'),
   /** How often the engine looks for due work when nothing woke it (ms). */
   ENGINE_POLL_INTERVAL: duration('500ms'),
+
+  // --- Hostile input, faults, retention (README: "Running in production")
+  /** Browser origins allowed to post the intake form (comma-separated; '*' for any). */
+  CORS_ORIGINS: csv,
+  /** Intake requests per client address: '30/min', '5/s', 'off'. */
+  INTAKE_RATE_LIMIT: z.string().default('30/min'),
+  /** Believe X-Forwarded-For from this many reverse proxies ('true' = 1); unset: never. */
+  TRUST_PROXY: optionalString,
+  /** How long intake waits for the database before answering 503 with Retry-After. */
+  INTAKE_TIMEOUT: duration('10s'),
+  /** Paid actions per phone number in any 24 hours (0 = no cap). */
+  MAX_CALLS_PER_PHONE_PER_DAY: intString(6, 0),
+  MAX_SMS_PER_PHONE_PER_DAY: intString(4, 0),
+  /** Leads older than this many days lose their personal data (0 = keep forever). */
+  RETENTION_DAYS: intString(180, 0),
+  /** When the daily housekeeping runs (cron, in BUSINESS_TIMEZONE). */
+  HOUSEKEEPING_CRON: z.string().default('15 4 * * *'),
 });
 
 export type Env = Record<string, string | undefined>;
@@ -166,6 +201,15 @@ export interface Config {
         oauth:
           | { portalUrl: string; clientId: string; clientSecret: string; refreshToken: string | undefined; oauthUrl: string | undefined }
           | undefined;
+        partnerStrategy: PartnerStrategy;
+        partnerCacheTtlMs: number;
+        titleTemplate: string | undefined;
+        sourceId: string;
+        statusMap: Partial<Record<CrmFinalState, string>>;
+        fieldMap: Record<string, string>;
+        ratePerSec: number;
+        burst: number;
+        timeoutMs: number;
       };
   telephony:
     | { provider: 'sandbox'; callDelayMs: number }
@@ -198,6 +242,16 @@ export interface Config {
   };
   logLevel: string;
   enginePollMs: number;
+  http: {
+    corsOrigins: string[];
+    /** null: no limit */
+    rateLimit: RateLimitRule | null;
+    /** Reverse proxies whose X-Forwarded-For is believed (0: none). */
+    trustProxy: number;
+    intakeTimeoutMs: number;
+  };
+  caps: { callsPerPhonePerDay: number; smsPerPhonePerDay: number };
+  retention: { days: number; cron: string };
 }
 
 export class ConfigError extends Error {
@@ -245,6 +299,24 @@ export function loadConfig(env: Env): Config {
   if (crmProvider === 'bitrix24' && !bitrixConfigured)
     problems.push('CRM_PROVIDER: bitrix24 needs BITRIX24_WEBHOOK_URL or the OAuth variables');
 
+  const bitrix: { partnerStrategy?: PartnerStrategy; statusMap: Partial<Record<CrmFinalState, string>>; fieldMap: Record<string, string> } = {
+    statusMap: {},
+    fieldMap: {},
+  };
+  for (const [name, fn] of [
+    ['BITRIX24_PARTNER_STRATEGY', () => (bitrix.partnerStrategy = parsePartnerStrategy(e.BITRIX24_PARTNER_STRATEGY))],
+    ['BITRIX24_STATUS_MAP', () => (bitrix.statusMap = e.BITRIX24_STATUS_MAP ? parseStatusMap(e.BITRIX24_STATUS_MAP) : {})],
+    ['BITRIX24_FIELD_MAP', () => (bitrix.fieldMap = e.BITRIX24_FIELD_MAP ? parseFieldMap(e.BITRIX24_FIELD_MAP) : {})],
+  ] as const) {
+    try {
+      fn();
+    } catch (err) {
+      problems.push(`${name}: ${(err as Error).message}`);
+    }
+  }
+  if (crmProvider === 'bitrix24' && e.BITRIX24_WEBHOOK_URL === undefined && allOauth && e.BITRIX24_REFRESH_TOKEN === undefined)
+    problems.push('BITRIX24_REFRESH_TOKEN: OAuth needs the first refresh token (later ones are kept in the database)');
+
   // Telephony
   const voxAuth = (e.VOXIMPLANT_ACCOUNT_ID !== undefined && e.VOXIMPLANT_API_KEY !== undefined) || e.VOXIMPLANT_CREDENTIALS !== undefined;
   const telProvider = e.TELEPHONY_PROVIDER ?? (voxAuth ? 'voximplant' : 'sandbox');
@@ -288,6 +360,23 @@ export function loadConfig(env: Env): Config {
   if (e.TELEGRAM_BOT_TOKEN !== undefined && !/^\d+:[A-Za-z0-9_-]+$/.test(e.TELEGRAM_BOT_TOKEN))
     problems.push("TELEGRAM_BOT_TOKEN: does not look like a bot token ('123456:ABC-...')");
 
+  let rateLimit: RateLimitRule | null = null;
+  try {
+    rateLimit = parseRateLimit(e.INTAKE_RATE_LIMIT);
+  } catch (err) {
+    problems.push(`INTAKE_RATE_LIMIT: ${(err as Error).message}`);
+  }
+  let trustProxy = 0;
+  try {
+    trustProxy = parseTrustProxy(e.TRUST_PROXY);
+  } catch (err) {
+    problems.push(`TRUST_PROXY: ${(err as Error).message}`);
+  }
+  for (const o of e.CORS_ORIGINS) {
+    if (o !== '*' && !/^https?:\/\/[^\s/]+$/.test(o)) problems.push(`CORS_ORIGINS: '${o}' is not an origin such as https://shop.example.com (no path, no trailing slash) or *`);
+  }
+  if (!validateCron(e.HOUSEKEEPING_CRON)) problems.push(`HOUSEKEEPING_CRON: '${e.HOUSEKEEPING_CRON}' is not a cron expression such as '15 4 * * *'`);
+
   if (problems.length > 0) throw new ConfigError(problems);
 
   return {
@@ -321,6 +410,15 @@ export function loadConfig(env: Env): Config {
                   oauthUrl: e.BITRIX24_OAUTH_URL,
                 }
               : undefined,
+            partnerStrategy: bitrix.partnerStrategy!,
+            partnerCacheTtlMs: e.BITRIX24_PARTNER_CACHE_TTL,
+            titleTemplate: e.BITRIX24_LEAD_TITLE,
+            sourceId: e.BITRIX24_SOURCE_ID,
+            statusMap: bitrix.statusMap,
+            fieldMap: bitrix.fieldMap,
+            ratePerSec: e.BITRIX24_RATE_PER_SEC,
+            burst: e.BITRIX24_RATE_BURST,
+            timeoutMs: e.BITRIX24_TIMEOUT,
           },
     telephony:
       telProvider === 'sandbox'
@@ -348,5 +446,35 @@ export function loadConfig(env: Env): Config {
     },
     logLevel: e.LOG_LEVEL,
     enginePollMs: e.ENGINE_POLL_INTERVAL,
+    http: { corsOrigins: e.CORS_ORIGINS, rateLimit, trustProxy, intakeTimeoutMs: e.INTAKE_TIMEOUT },
+    caps: { callsPerPhonePerDay: e.MAX_CALLS_PER_PHONE_PER_DAY, smsPerPhonePerDay: e.MAX_SMS_PER_PHONE_PER_DAY },
+    retention: { days: e.RETENTION_DAYS, cron: e.HOUSEKEEPING_CRON },
   };
+}
+
+/**
+ * Every secret value in a Config, for the logger to scrub from every line whatever
+ * field or message it ends up in (tokens, the Bitrix24 webhook URL and its code,
+ * API keys, the database password, the VoxImplant private key).
+ */
+export function configSecrets(c: Config): string[] {
+  const out: (string | undefined)[] = [c.intakeToken, c.adminToken, c.telegram.botToken, c.telegram.webhookSecret];
+  if (c.crm.provider === 'bitrix24') {
+    const w = c.crm.webhookUrl;
+    out.push(w);
+    const code = w ? /\/rest\/\d+\/([^/?#]+)/.exec(w)?.[1] : undefined;
+    out.push(code);
+    out.push(c.crm.oauth?.clientSecret, c.crm.oauth?.refreshToken);
+  }
+  if (c.telephony.provider === 'voximplant') out.push(c.telephony.apiKey, c.telephony.credentials?.private_key);
+  if (c.databaseUrl) {
+    try {
+      const pw = decodeURIComponent(new URL(c.databaseUrl).password);
+      out.push(pw);
+    } catch {
+      // not a URL: nothing to add
+    }
+  }
+  // Short values would scrub ordinary words; real secrets are longer.
+  return [...new Set(out.filter((v): v is string => typeof v === 'string' && v.length >= 6))];
 }

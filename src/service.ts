@@ -14,10 +14,15 @@ import { parseDailyHours, parseWeeklyHours } from './domain/calling-window.js';
 import { createSandboxCrm } from './integrations/sandbox/crm.js';
 import { createSandboxTelephony } from './integrations/sandbox/telephony.js';
 import type { CrmClient, TelephonyClient } from './integrations/types.js';
+import { createBitrix24Client } from './integrations/bitrix24/index.js';
+import { createDbTokenStore } from './db/token-store.js';
 import { createVoximplantClient } from './integrations/voximplant/client.js';
 import { renderSms } from './integrations/voximplant/sms-templates.js';
 import type { LeadRow } from './db/schema.js';
 import type { SmsKind } from './domain/lead-machine.js';
+import { createMetrics, type Metrics } from './metrics.js';
+import { createPhoneCaps } from './engine/phone-caps.js';
+import { createHousekeeping, type Housekeeping } from './housekeeping.js';
 
 /**
  * Wires every room of hotlead from a Config. main.ts calls it with the real clock,
@@ -35,14 +40,24 @@ export interface ServiceOptions {
   telephony?: TelephonyClient;
   /** Telegram pacing (tests make it fast). */
   telegramPerChatIntervalMs?: number;
+  /** Telegram overall messages per second (default 25; the burst bench scales it). */
+  telegramGlobalPerSecond?: number;
   /** Effect lane concurrency. */
   effectConcurrency?: number;
+  /** How long a claimed effect is this instance's (default 2 min; crash tests shorten it). */
+  effectLeaseMs?: number;
+  /** Node.js process metrics on /metrics (main.ts turns them on). */
+  defaultMetrics?: boolean;
 }
 
 export interface Service {
   db: Db;
   engine: Engine;
   app: ReturnType<typeof createApp>;
+  /** This service's Prometheus registry and hooks (GET /metrics). */
+  metrics: Metrics;
+  /** The daily retention job; `runOnce()` runs it now. */
+  housekeeping: Housekeeping;
   /** Where the HTTP server listens, once started. */
   url(): string;
   start(opts?: { listen?: boolean; workers?: boolean }): Promise<void>;
@@ -58,7 +73,33 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
   let boundUrl = `http://127.0.0.1:${config.port}`;
   let accepting = true;
 
-  const crm: CrmClient = opts.crm ?? createSandboxCrm({ log: log.child({ provider: 'sandbox-crm' }) });
+  const cc = config.crm;
+  const crm: CrmClient =
+    opts.crm ??
+    (cc.provider === 'bitrix24'
+      ? createBitrix24Client({
+          auth: cc.webhookUrl
+            ? { webhookUrl: cc.webhookUrl }
+            : {
+                portalUrl: cc.oauth!.portalUrl,
+                clientId: cc.oauth!.clientId,
+                clientSecret: cc.oauth!.clientSecret,
+                refreshToken: cc.oauth!.refreshToken!,
+                oauthUrl: cc.oauth!.oauthUrl,
+                tokenStore: createDbTokenStore(db, clock),
+              },
+          rateLimit: { ratePerSec: cc.ratePerSec, burst: cc.burst },
+          timeoutMs: cc.timeoutMs,
+          partnerStrategy: cc.partnerStrategy,
+          partnerCacheTtlMs: cc.partnerCacheTtlMs,
+          titleTemplate: cc.titleTemplate,
+          sourceId: cc.sourceId,
+          statusMap: cc.statusMap,
+          fieldMap: cc.fieldMap,
+          log: log.child({ provider: 'bitrix24' }),
+          now: () => clock.now(),
+        })
+      : createSandboxCrm({ log: log.child({ provider: 'sandbox-crm' }) }));
   const sandboxTel =
     opts.telephony === undefined && config.telephony.provider === 'sandbox'
       ? createSandboxTelephony({
@@ -92,7 +133,23 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
   const botEnabled = tg.botToken !== undefined && tg.vendorChatIds.length > 0;
   const cardChats = botEnabled ? tg.vendorChatIds : ['log'];
 
+  const metrics = createMetrics({ db, log: log.child({ room: 'metrics' }), defaultMetrics: opts.defaultMetrics });
+  const phoneCaps = createPhoneCaps({
+    db,
+    limits: { callsPerDay: config.caps.callsPerPhonePerDay, smsPerDay: config.caps.smsPerPhonePerDay },
+    onCapped: (kind) => metrics.capped(kind),
+  });
+  const housekeeping = createHousekeeping({
+    db,
+    clock,
+    log: log.child({ room: 'housekeeping' }),
+    retentionDays: config.retention.days,
+    schedule: config.retention.cron,
+    timezone: config.policy.businessTimezone,
+  });
+
   let outboxWake = () => {};
+  let outboxNoteSent = (_chatId: string) => {};
   const incidents = createIncidents({ db, clock, log, chats: cardChats, language: tg.language, onQueued: () => outboxWake() });
 
   const engine = createEngine({
@@ -110,14 +167,18 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
       failureBackoffMs: 60_000,
       blockedRecheckMs: 5 * 60_000,
     },
-    crm,
-    telephony,
+    crm: metrics.instrumentCrm(crm),
+    telephony: metrics.instrumentTelephony(telephony),
+    phoneCaps,
+    onTransition: (t) => metrics.transition(t),
+    onFirstCall: (ms) => metrics.firstCall(ms),
     incidents,
     smsText,
     language: tg.language,
     cardChats,
     pollMs: config.enginePollMs,
     concurrency: opts.effectConcurrency,
+    leaseMs: opts.effectLeaseMs,
     onCardsQueued: () => outboxWake(),
   });
   await engine.init();
@@ -134,7 +195,10 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
         vendorChatIds: tg.vendorChatIds,
         operatorIds: tg.operatorIds,
         language: tg.language,
+        timezone: config.policy.businessTimezone,
+        defaultCountry: config.policy.defaultCountry,
         onAction: () => outboxWake(),
+        onMessageSent: (chatId) => outboxNoteSent(chatId),
       })
     : undefined;
 
@@ -153,14 +217,18 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
     db,
     clock,
     log: log.child({ room: 'outbox' }),
-    transport: botHandle?.transport ?? logTransport,
+    transport: botHandle ? metrics.instrumentTelegram(botHandle.transport, log.child({ room: 'outbox' })) : logTransport,
     renderCard: createCardRenderer({
       db,
-      render: (lead, events) => renderCard(lead, events, { lang: tg.language, timezone: config.policy.businessTimezone, paused: engine.isPaused() }),
+      render: (lead, events) =>
+        renderCard(lead, events, { lang: tg.language, timezone: config.policy.businessTimezone, paused: engine.isPaused() }, clock.now()),
     }),
-    perChatIntervalMs: botHandle ? (opts.telegramPerChatIntervalMs ?? 3_100) : 0,
+    // Groups 20 a minute, other chats about 1 a second (outbox.ts); no pacing for the log.
+    perChatIntervalMs: botHandle ? opts.telegramPerChatIntervalMs : 0,
+    globalPerSecond: opts.telegramGlobalPerSecond,
   });
   outboxWake = () => outbox.wake();
+  outboxNoteSent = (chatId) => outbox.noteSent(chatId);
 
   const webhookMode = botHandle !== undefined && tg.webhookSecret !== undefined;
   const app = createApp({
@@ -173,6 +241,12 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
     defaultCountry: config.policy.defaultCountry,
     telegramWebhook: webhookMode ? botHandle!.webhookHandler(tg.webhookSecret!) : undefined,
     accepting: () => accepting,
+    metrics: () => metrics.text(),
+    observe: metrics,
+    corsOrigins: config.http.corsOrigins,
+    rateLimit: config.http.rateLimit,
+    trustProxy: config.http.trustProxy,
+    dbTimeoutMs: config.http.intakeTimeoutMs,
   });
 
   let workers = false;
@@ -180,6 +254,8 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
     db,
     engine,
     app,
+    metrics,
+    housekeeping,
     url: () => boundUrl,
     async start(o = {}) {
       if (o.listen !== false) {
@@ -196,6 +272,7 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
         workers = true;
         await engine.start();
         outbox.start();
+        housekeeping.start();
         if (botHandle) {
           if (webhookMode) await botHandle.startWebhook(config.publicUrl, tg.webhookSecret!);
           else await botHandle.startPolling();
@@ -213,8 +290,11 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
       );
     },
     async stop() {
+      // Intake answers 503 + Retry-After from here on; call results are still taken
+      // while the workers finish what they hold.
       accepting = false;
       if (workers) {
+        await housekeeping.stop();
         await botHandle?.stop();
         await engine.stop();
         await outbox.stop();

@@ -1,14 +1,36 @@
-import { Bot, GrammyError, InlineKeyboard, webhookCallback, type Context } from 'grammy';
+import { Api, Bot, GrammyError, InlineKeyboard, webhookCallback, type Context, type Transformer } from 'grammy';
 import { autoRetry } from '@grammyjs/auto-retry';
+import { conversations, createConversation, type Conversation, type ConversationData, type ConversationFlavor } from '@grammyjs/conversations';
+import { DateTime } from 'luxon';
+import { z } from 'zod';
 import type { Logger } from '../logger.js';
 import type { Clock } from '../clock.js';
 import type { Db } from '../db/client.js';
-import type { Engine } from '../engine/engine.js';
+import type { Actor, Engine } from '../engine/engine.js';
 import type { Incidents } from '../engine/incidents.js';
-import type { CardButton } from './card.js';
+import { allowedActions, CONTACT_STATES, type ContactState } from '../domain/lead-machine.js';
+import { normalizePhone, type CountryCode } from '../domain/phone.js';
+import { getLead, getLeadEvents } from '../db/queries.js';
+import { dialogActions, escapeHtml, formatTime, renderCard, type CardButton, type DialogKind } from './card.js';
 import { MessageGoneError, type TelegramTransport } from './outbox.js';
-import { getLead } from '../db/queries.js';
+import { activeLeads, dayStats, leadsNeedingPerson, queueText, refreshActiveCards, type LeadLine } from './queries.js';
+import { formatScheduleTime, parseScheduleTime } from './schedule-time.js';
+import { createSessionStorage, NO_KEY } from './session-storage.js';
+import { botCommands, TEXTS } from './texts.js';
 
+/**
+ * The vendors' console: lead card buttons, commands and dialogs (grammY).
+ *
+ * - Buttons answer the press at once; the action is an engine call that only records
+ *   the intent (one short transaction) — the engine does the slow work, and the card
+ *   changes through the outbox.
+ * - Steering (buttons, /pause, /resume, dialogs) is for operators: TELEGRAM_OPERATOR_IDS,
+ *   or when unset any member of a vendor chat (getChatMember, cached). Reading (/leads,
+ *   /lead, /manual, /stats) works in a vendor chat, or for an operator anywhere.
+ * - Dialogs (@grammyjs/conversations) keep their state in bot_sessions, keyed by chat and
+ *   user, so a restart or another instance continues them. In groups the bot asks with
+ *   force_reply and takes only replies to its own messages (works with privacy mode on).
+ */
 export interface BotDeps {
   token: string;
   /** Bot API root (tests point it at a fake). */
@@ -16,38 +38,61 @@ export interface BotDeps {
   db: Db;
   clock: Clock;
   log: Logger;
-  engine: Pick<Engine, 'operator' | 'retryCrm' | 'wake'>;
+  engine: Pick<Engine, 'operator' | 'retryCrm' | 'wake' | 'apply' | 'setPaused' | 'isPaused' | 'addNote' | 'scheduleCall'>;
   incidents: Pick<Incidents, 'retry'>;
   vendorChatIds: string[];
-  /** Allowed to press buttons; empty: any member of a vendor chat. */
+  /** Allowed to steer; empty: any member of a vendor chat. */
   operatorIds: string[];
   language: 'en' | 'ru';
+  /** The shop's zone (cards, /stats, scheduled calls). */
+  timezone: string;
+  /** For phone numbers typed without a country code. */
+  defaultCountry: string;
   /** Called after an action so cards refresh quickly. */
   onAction?: () => void;
+  /** A message this bot sent to a chat outside the outbox (a reply): the outbox counts it. */
+  onMessageSent?: (chatId: string) => void;
+  /** How long a getChatMember answer is trusted. Default 5 minutes. */
+  membershipTtlMs?: number;
+  /** A dialog nobody answers ends after this. Default 30 minutes. */
+  dialogTimeoutMs?: number;
 }
 
-const TXT = {
-  en: {
-    notAllowed: 'You are not allowed to steer leads.',
-    noLead: 'No such lead.',
-    done: 'Done',
-    refused: (state: string) => `Not possible while the lead is ${state}.`,
-    requeued: (n: number) => `Re-queued ${n} item(s).`,
-    start: (chat: number | string) =>
-      `hotlead: every lead from the site gets a robot call within seconds; its card lives here.\nThis chat's id: <code>${chat}</code> (put it in TELEGRAM_VENDOR_CHAT_ID).`,
-    help: '/lead <id> — show a lead\n/start — this chat\'s id',
-  },
-  ru: {
-    notAllowed: 'У вас нет прав управлять лидами.',
-    noLead: 'Нет такого лида.',
-    done: 'Готово',
-    refused: (state: string) => `Невозможно, пока лид в состоянии ${state}.`,
-    requeued: (n: number) => `Снова в очереди: ${n}.`,
-    start: (chat: number | string) =>
-      `hotlead: каждому лиду с сайта робот звонит за секунды; его карточка живёт здесь.\nID этого чата: <code>${chat}</code> (укажите в TELEGRAM_VENDOR_CHAT_ID).`,
-    help: '/lead <id> — показать лид\n/start — ID этого чата',
-  },
-} as const;
+type BotContext = ConversationFlavor<Context>;
+type DialogConversation = Conversation<BotContext, Context>;
+
+const NOTE_MAX = 1000;
+const SCHEDULE_MAX_DAYS = 30;
+const MESSAGE_METHODS = new Set(['sendMessage', 'editMessageText', 'sendPhoto', 'sendDocument', 'copyMessage', 'forwardMessage']);
+
+/** Callback data, validated (DESIGN.md: zod for callback payloads). */
+const callbackSchema = z.union([
+  z
+    .string()
+    .regex(/^l:\d{1,10}:(retry|manual|call_now|retry_crm)$/)
+    .transform((s) => {
+      const [, id, action] = s.split(':');
+      return { type: 'lead' as const, id: Number(id), action: action as 'retry' | 'manual' | 'call_now' | 'retry_crm' };
+    }),
+  z
+    .string()
+    .regex(/^d:\d{1,10}:(note|phone|sched)$/)
+    .transform((s) => {
+      const [, id, kind] = s.split(':');
+      return { type: 'dialog' as const, id: Number(id), kind: kind as DialogKind };
+    }),
+  z
+    .string()
+    .regex(/^inc:\d{1,10}$/)
+    .transform((s) => ({ type: 'incident' as const, id: Number(s.slice(4)) })),
+]);
+
+export type CallbackPayload = z.infer<typeof callbackSchema>;
+
+export function parseCallbackData(data: string): CallbackPayload | null {
+  const r = callbackSchema.safeParse(data);
+  return r.success ? r.data : null;
+}
 
 function keyboard(buttons: CardButton[][]): InlineKeyboard {
   return InlineKeyboard.from(buttons.map((row) => row.map((b) => InlineKeyboard.text(b.text, b.data))));
@@ -58,93 +103,420 @@ export function isNotModified(err: unknown): boolean {
 }
 
 export function isMessageGone(err: unknown): boolean {
-  return err instanceof GrammyError && /message to edit not found|message can't be edited/i.test(err.description);
+  return err instanceof GrammyError && /message to edit not found|message can't be edited|MESSAGE_ID_INVALID/i.test(err.description);
+}
+
+function parseLeadId(match: string | undefined): number | null {
+  const s = String(match ?? '').trim().replace(/^#/, '');
+  if (!/^\d{1,10}$/.test(s)) return null;
+  const id = Number(s);
+  return id > 0 && id <= 2_147_483_647 ? id : null;
+}
+
+function actorOf(from: { id: number; first_name: string; last_name?: string; username?: string }): Actor {
+  const name = [from.first_name, from.last_name].filter(Boolean).join(' ') || from.username || String(from.id);
+  return { id: `tg:${from.id}`, name };
+}
+
+function mention(actor: Actor): string {
+  const id = actor.id.replace(/^tg:/, '');
+  return `<a href="tg://user?id=${id}">${escapeHtml(actor.name ?? id)}</a>`;
+}
+
+function duration(sec: number, lang: 'en' | 'ru'): string {
+  const s = Math.round(sec);
+  if (s < 90) return lang === 'ru' ? `${s} с` : `${s} s`;
+  const m = Math.round(s / 60);
+  if (m < 90) return lang === 'ru' ? `${m} мин` : `${m} min`;
+  const h = Math.floor(m / 60);
+  return lang === 'ru' ? `${h} ч ${m % 60} мин` : `${h} h ${m % 60} min`;
 }
 
 export function createBot(deps: BotDeps) {
-  const { log } = deps;
-  const t = TXT[deps.language];
-  const bot = new Bot(deps.token, deps.apiRoot ? { client: { apiRoot: deps.apiRoot } } : undefined);
-  // 429s: wait as Telegram says (short waits inline; the outbox reschedules longer ones).
-  bot.api.config.use(autoRetry({ maxRetryAttempts: 3, maxDelaySeconds: 30 }));
+  const { log, db, clock } = deps;
+  const t = TEXTS[deps.language];
+  const clientOpts = deps.apiRoot ? { apiRoot: deps.apiRoot } : undefined;
+  const bot = new Bot<BotContext>(deps.token, clientOpts ? { client: clientOpts } : undefined);
+  const membershipTtl = deps.membershipTtlMs ?? 5 * 60_000;
+  const dialogTimeout = deps.dialogTimeoutMs ?? 30 * 60_000;
+  const sessions = createSessionStorage<ConversationData>(db, clock);
+
+  // Replies and commands: wait as Telegram says on 429 (short waits; a reply later than
+  // a minute is useless). Card delivery has its own Api below: the outbox reschedules.
+  const countSent: Transformer = async (prev, method, payload, signal) => {
+    const res = await prev(method, payload, signal);
+    const chat = (payload as { chat_id?: unknown } | undefined)?.chat_id;
+    if (res.ok && MESSAGE_METHODS.has(method) && chat !== undefined) deps.onMessageSent?.(String(chat));
+    return res;
+  };
+  bot.api.config.use(countSent);
+  bot.api.config.use(autoRetry({ maxRetryAttempts: 3, maxDelaySeconds: 60 }));
+
+  // ------------------------------------------------------------ who may do what
 
   const memberCache = new Map<number, { ok: boolean; until: number }>();
 
-  async function allowed(userId: number): Promise<boolean> {
+  async function isOperator(userId: number): Promise<boolean> {
     if (deps.operatorIds.length > 0) return deps.operatorIds.includes(String(userId));
     const hit = memberCache.get(userId);
     const now = Date.now();
     if (hit && hit.until > now) return hit.ok;
     let ok = false;
+    let answered = false;
     for (const chat of deps.vendorChatIds) {
       try {
         const m = await bot.api.getChatMember(chat, userId);
-        if (['creator', 'administrator', 'member'].includes(m.status) || (m.status === 'restricted' && m.is_member)) {
+        answered = true;
+        if (m.status === 'creator' || m.status === 'administrator' || m.status === 'member' || (m.status === 'restricted' && m.is_member)) {
           ok = true;
           break;
         }
       } catch (err) {
-        log.warn({ err, chat }, 'getChatMember failed');
+        log.warn({ err, chat, user: userId }, 'getChatMember failed');
       }
     }
-    memberCache.set(userId, { ok, until: now + 10 * 60_000 });
+    // A failed check is not remembered: the next press asks again.
+    if (answered) memberCache.set(userId, { ok, until: now + membershipTtl });
     return ok;
   }
 
-  function actorOf(ctx: Context) {
-    const u = ctx.from!;
-    const name = [u.first_name, u.last_name].filter(Boolean).join(' ') || u.username || String(u.id);
-    return { id: `tg:${u.id}`, name };
+  async function mayRead(ctx: Context): Promise<boolean> {
+    if (ctx.chat && deps.vendorChatIds.includes(String(ctx.chat.id))) return true;
+    return ctx.from ? isOperator(ctx.from.id) : false;
   }
+
+  function notifyChange(): void {
+    deps.engine.wake();
+    deps.onAction?.();
+  }
+
+  // ------------------------------------------------------------ dialogs
+
+  bot.use(
+    conversations<BotContext, Context>({
+      storage: {
+        type: 'key',
+        version: 1,
+        // One dialog per person and chat: colleagues in the same group do not collide.
+        getStorageKey: (ctx) => (ctx.chat && ctx.from ? `conv:${ctx.chat.id}:${ctx.from.id}` : NO_KEY),
+        adapter: sessions,
+      },
+      // Context objects inside dialogs get a fresh Api: 429s are honoured there too.
+      plugins: [
+        async (ctx, next) => {
+          ctx.api.config.use(autoRetry({ maxRetryAttempts: 3, maxDelaySeconds: 30 }));
+          await next();
+        },
+      ],
+    }),
+  );
+
+  type Parse<T> = (text: string) => { ok: true; value: T } | { ok: false; hint: string };
+
+  function forceReply(placeholder: string) {
+    return { force_reply: true as const, selective: true, input_field_placeholder: placeholder };
+  }
+
+  /**
+   * Asks until a good answer comes, or the person cancels (null). Anything that is not
+   * an answer (a button, another command, chatter in the group) goes on to the rest of
+   * the bot; the dialog stays where it is.
+   */
+  async function ask<T>(conversation: DialogConversation, ctx: Context, actor: Actor, prompt: string, placeholder: string, parse: Parse<T>): Promise<T | null> {
+    const replyTo = ctx.message ? { reply_parameters: { message_id: ctx.message.message_id, allow_sending_without_reply: true } } : {};
+    await ctx.reply(`${mention(actor)}, ${prompt}\n<i>${t.cancelHint}</i>`, { parse_mode: 'HTML', reply_markup: forceReply(placeholder), ...replyTo });
+    const group = ctx.chat?.type !== 'private';
+    for (;;) {
+      const c = await conversation.wait({ maxMilliseconds: dialogTimeout });
+      const msg = c.message;
+      if (!msg || msg.text === undefined) return await conversation.skip({ next: true });
+      const text = msg.text.trim();
+      if (/^\/cancel(@\w+)?$/i.test(text) || /^(cancel|отмена|отменить)$/i.test(text)) {
+        await c.reply(t.cancelled, { reply_parameters: { message_id: msg.message_id, allow_sending_without_reply: true } });
+        return null;
+      }
+      if (text.startsWith('/')) return await conversation.skip({ next: true });
+      if (group && msg.reply_to_message?.from?.id !== c.me.id) return await conversation.skip({ next: true });
+      const r = parse(text);
+      if (r.ok) return r.value;
+      await c.reply(`${r.hint}\n<i>${t.cancelHint}</i>`, {
+        parse_mode: 'HTML',
+        reply_markup: forceReply(placeholder),
+        reply_parameters: { message_id: msg.message_id, allow_sending_without_reply: true },
+      });
+    }
+  }
+
+  interface LeadBrief {
+    id: number;
+    name: string;
+    state: ContactState;
+    phone: string | null;
+    phoneRaw: string;
+    phoneCorrected: boolean;
+  }
+
+  async function brief(id: number): Promise<LeadBrief | null> {
+    const l = await getLead(db, id);
+    if (!l) return null;
+    return { id: l.id, name: l.name, state: l.state as ContactState, phone: l.phone, phoneRaw: l.phoneRaw, phoneCorrected: l.phoneCorrected };
+  }
+
+  const leadLabel = (l: LeadBrief) => `<b>#${l.id}</b> (${escapeHtml(l.name || '—')})`;
+
+  async function noteDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
+    const lead = await conversation.external(() => brief(leadId));
+    if (!lead) return void (await ctx.reply(t.noLead));
+    const text = await ask(conversation, ctx, actor, t.askNote(leadLabel(lead)), t.placeholderNote, (s) =>
+      s.length === 0 ? { ok: false, hint: t.noteEmpty } : s.length > NOTE_MAX ? { ok: false, hint: t.noteTooLong(NOTE_MAX) } : { ok: true, value: s },
+    );
+    if (text === null) return;
+    const ok = await conversation.external(async () => {
+      const r = await deps.engine.addNote(leadId, text, actor);
+      if (r) notifyChange();
+      return r;
+    });
+    await ctx.reply(ok ? t.noteSaved(leadId) : t.noLead);
+  }
+
+  async function phoneDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
+    const lead = await conversation.external(() => brief(leadId));
+    if (!lead) return void (await ctx.reply(t.noLead));
+    const current = lead.phone ? `<code>${lead.phone}</code>` : escapeHtml(lead.phoneRaw.slice(0, 64));
+    const phone = await ask(conversation, ctx, actor, t.askPhone(leadLabel(lead), current), t.placeholderPhone, (s) => {
+      if (s.length > 64) return { ok: false, hint: t.phoneBad('too long') };
+      const n = normalizePhone(s, deps.defaultCountry as CountryCode);
+      return n.e164 ? { ok: true, value: { e164: n.e164, raw: s } } : { ok: false, hint: t.phoneBad(n.reason ?? 'invalid number') };
+    });
+    if (phone === null) return;
+    const r = await conversation.external(async () => {
+      const res = await deps.engine.apply(leadId, { type: 'phone_corrected', phone: phone.e164 }, actor, { phone: phone.e164, phone_raw: phone.raw });
+      if (res) notifyChange();
+      return res;
+    });
+    if (!r) return void (await ctx.reply(t.noLead));
+    await ctx.reply(r.state === 'dial_pending' ? t.phoneSavedDialling(leadId, phone.e164) : t.phoneSaved(leadId, phone.e164, r.state), { parse_mode: 'HTML' });
+  }
+
+  async function scheduleDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
+    const lead = await conversation.external(() => brief(leadId));
+    if (!lead) return void (await ctx.reply(t.noLead));
+    if (!allowedActions(lead).includes('call_now')) return void (await ctx.reply(t.scheduleNotPossible(lead.state)));
+    const nowMs = await conversation.external(() => clock.now().getTime());
+    const example = DateTime.fromMillis(nowMs).setZone(deps.timezone).plus({ days: 2 }).toFormat('dd.LL') + ' 11:00';
+    const at = await ask(conversation, ctx, actor, t.askSchedule(leadLabel(lead), deps.timezone, example), t.placeholderTime, (s) => {
+      const p = parseScheduleTime(s, new Date(nowMs), deps.timezone, SCHEDULE_MAX_DAYS);
+      if (p.ok) return { ok: true, value: p.at.getTime() };
+      return { ok: false, hint: p.error === 'past' ? t.schedulePast : p.error === 'too_far' ? t.scheduleTooFar(SCHEDULE_MAX_DAYS) : t.scheduleBad };
+    });
+    if (at === null) return;
+    const r = await conversation.external(async () => {
+      const res = await deps.engine.scheduleCall(leadId, new Date(at), actor);
+      if (res) notifyChange();
+      return res;
+    });
+    if (!r) return void (await ctx.reply(t.noLead));
+    if (!r.applied) return void (await ctx.reply(t.scheduleNotPossible(r.state)));
+    await ctx.reply(t.scheduled(leadId, formatScheduleTime(new Date(at), deps.timezone), deps.timezone), { parse_mode: 'HTML' });
+  }
+
+  const DIALOG_IDS: Record<DialogKind, string> = { note: 'note', phone: 'phone', sched: 'schedule' };
+  bot.use(createConversation(noteDialog, { id: 'note', maxMillisecondsToWait: dialogTimeout }));
+  bot.use(createConversation(phoneDialog, { id: 'phone', maxMillisecondsToWait: dialogTimeout }));
+  bot.use(createConversation(scheduleDialog, { id: 'schedule', maxMillisecondsToWait: dialogTimeout }));
+
+  /** Starts a dialog (a new one replaces an open one of the same person in this chat). */
+  async function startDialog(ctx: BotContext, kind: DialogKind, leadId: number): Promise<void> {
+    await ctx.conversation.exitAll();
+    await ctx.conversation.enter(DIALOG_IDS[kind], leadId, actorOf(ctx.from!));
+  }
+
+  // ------------------------------------------------------------ buttons
 
   bot.on('callback_query:data', async (ctx) => {
     const data = ctx.callbackQuery.data;
     const ulog = log.child({ update: ctx.update.update_id, user: ctx.from.id });
-    if (!(await allowed(ctx.from.id))) {
+    if (!(await isOperator(ctx.from.id))) {
       ulog.warn({ data }, 'button press refused: not an operator');
       await ctx.answerCallbackQuery({ text: t.notAllowed, show_alert: true });
       return;
     }
-    const lead = /^l:(\d+):(retry|manual|call_now|retry_crm)$/.exec(data);
-    if (lead) {
-      const id = Number(lead[1]);
-      const action = lead[2] as 'retry' | 'manual' | 'call_now' | 'retry_crm';
-      const r = action === 'retry_crm' ? await deps.engine.retryCrm(id, actorOf(ctx)) : await deps.engine.operator(id, action, actorOf(ctx));
-      if (!r) {
-        await ctx.answerCallbackQuery({ text: t.noLead, show_alert: true });
+    const p = parseCallbackData(data);
+    if (!p) {
+      await ctx.answerCallbackQuery({ text: t.stale });
+      return;
+    }
+    switch (p.type) {
+      case 'lead': {
+        const actor = actorOf(ctx.from);
+        const r = p.action === 'retry_crm' ? await deps.engine.retryCrm(p.id, actor) : await deps.engine.operator(p.id, p.action, actor);
+        if (!r) {
+          await ctx.answerCallbackQuery({ text: t.noLead, show_alert: true });
+          return;
+        }
+        ulog.info({ leadId: p.id, action: p.action, applied: r.applied }, 'operator action');
+        if (r.applied) await ctx.answerCallbackQuery({ text: t.done });
+        else await ctx.answerCallbackQuery({ text: t.refused(r.state), show_alert: true });
+        notifyChange();
         return;
       }
-      ulog.info({ leadId: id, action, applied: r.applied }, 'operator action');
-      if (r.applied) await ctx.answerCallbackQuery({ text: t.done });
-      else await ctx.answerCallbackQuery({ text: t.refused(r.state), show_alert: true });
-      deps.onAction?.();
-      return;
+      case 'dialog': {
+        const lead = await getLead(db, p.id);
+        if (!lead) {
+          await ctx.answerCallbackQuery({ text: t.noLead, show_alert: true });
+          return;
+        }
+        if (!dialogActions(lead).includes(p.kind)) {
+          await ctx.answerCallbackQuery({ text: t.refused(lead.state), show_alert: true });
+          return;
+        }
+        await ctx.answerCallbackQuery();
+        await startDialog(ctx, p.kind, p.id);
+        return;
+      }
+      case 'incident': {
+        const r = await deps.incidents.retry(p.id);
+        ulog.info({ incident: p.id, ...r }, 'incident retry');
+        deps.engine.wake();
+        await ctx.answerCallbackQuery({ text: r.found ? t.requeued(r.effects + r.leads) : t.noIncident, ...(r.found ? {} : { show_alert: true }) });
+        deps.onAction?.();
+        return;
+      }
     }
-    const inc = /^inc:(\d+)$/.exec(data);
-    if (inc) {
-      const r = await deps.incidents.retry(Number(inc[1]));
-      deps.engine.wake();
-      await ctx.answerCallbackQuery({ text: r.found ? t.requeued(r.effects + r.leads) : t.noLead });
-      return;
-    }
-    await ctx.answerCallbackQuery();
   });
 
-  bot.command('start', (ctx) => ctx.reply(t.start(ctx.chat.id), { parse_mode: 'HTML' }));
-  bot.command('help', (ctx) => ctx.reply(t.help));
-  bot.command('lead', async (ctx) => {
-    const id = Number(String(ctx.match).trim().replace(/^#/, ''));
-    if (!Number.isSafeInteger(id) || id <= 0) return ctx.reply(t.help);
-    const l = await getLead(deps.db, id);
-    if (!l) return ctx.reply(t.noLead);
-    return ctx.reply(`#${l.id} · ${l.state} · ${l.crmStatus} · ${l.attempts}`);
+  // ------------------------------------------------------------ commands
+
+  function leadLine(l: LeadLine): string {
+    const when = l.call_now && l.next_run_at ? ` 🕒 ${formatTime(new Date(l.next_run_at), deps.timezone)}` : '';
+    const crm = l.crm_status === 'error' ? ' ⚠️CRM' : '';
+    return `#${l.id} · ${escapeHtml((l.name || '—').slice(0, 40))} · ${l.state} · 📞${l.attempts}${when}${crm}`;
+  }
+
+  function listing(header: string, none: string, page: { items: LeadLine[]; total: number }): string {
+    if (page.total === 0) return none;
+    const out = [header, ...page.items.map(leadLine)];
+    if (page.total > page.items.length) out.push(t.more(page.total - page.items.length));
+    if (deps.engine.isPaused()) out.push('', t.pausedLine);
+    return out.join('\n');
+  }
+
+  /** Runs a reading command if this person may read here. */
+  const reader =
+    (fn: (ctx: BotContext & { match: string }) => Promise<unknown>) =>
+    async (ctx: BotContext & { match: string }): Promise<void> => {
+      if (!(await mayRead(ctx))) {
+        await ctx.reply(t.notHere);
+        return;
+      }
+      await fn(ctx);
+    };
+
+  /** Runs a steering command if this person is an operator. */
+  const operatorOnly =
+    (fn: (ctx: BotContext & { match: string }) => Promise<unknown>) =>
+    async (ctx: BotContext & { match: string }): Promise<void> => {
+      if (!ctx.from || !(await isOperator(ctx.from.id))) {
+        log.warn({ user: ctx.from?.id, text: ctx.message?.text?.slice(0, 40) }, 'command refused: not an operator');
+        await ctx.reply(t.notAllowed);
+        return;
+      }
+      await fn(ctx);
+    };
+
+  bot.command('start', (ctx) => {
+    const title = 'title' in ctx.chat && ctx.chat.title ? escapeHtml(ctx.chat.title) : undefined;
+    return ctx.reply(t.start(ctx.chat.id, title), { parse_mode: 'HTML' });
   });
+  bot.command('help', (ctx) => ctx.reply(t.help, { parse_mode: 'HTML' }));
+
+  bot.command(
+    'leads',
+    reader(async (ctx) => {
+      const page = await activeLeads(db);
+      return ctx.reply(listing(t.leadsHeader(page.total), t.leadsNone, page), { parse_mode: 'HTML' });
+    }),
+  );
+  bot.command(
+    'manual',
+    reader(async (ctx) => {
+      const page = await leadsNeedingPerson(db);
+      return ctx.reply(listing(t.manualHeader(page.total), t.manualNone, page), { parse_mode: 'HTML' });
+    }),
+  );
+  bot.command(
+    'lead',
+    reader(async (ctx) => {
+      const id = parseLeadId(ctx.match);
+      if (id === null) return ctx.reply(t.usage('lead'), { parse_mode: 'HTML' });
+      const lead = await getLead(db, id);
+      if (!lead) return ctx.reply(t.noLead);
+      const card = renderCard(lead, await getLeadEvents(db, id, 15), { lang: deps.language, timezone: deps.timezone, paused: deps.engine.isPaused(), events: 15 }, clock.now());
+      return ctx.reply(card.text, { parse_mode: 'HTML', link_preview_options: { is_disabled: true }, ...(card.buttons.length ? { reply_markup: keyboard(card.buttons) } : {}) });
+    }),
+  );
+  bot.command(
+    'stats',
+    reader(async (ctx) => {
+      const since = DateTime.fromJSDate(clock.now()).setZone(deps.timezone).startOf('day');
+      const s = await dayStats(db, since.toJSDate());
+      const lines = [t.statsTitle(`${since.toFormat('dd.LL HH:mm')} ${deps.timezone}`, s.total)];
+      if (s.total > 0) lines.push(CONTACT_STATES.map((st) => `${st} ${s.byState[st]}`).join(' · ') + (s.crmErrors ? ` · CRM error ${s.crmErrors}` : ''));
+      lines.push(s.medianFirstCallSec === null ? t.statsNoCalls : t.statsMedian(duration(s.medianFirstCallSec, deps.language), s.called));
+      if (deps.engine.isPaused()) lines.push(t.pausedLine);
+      return ctx.reply(lines.join('\n'), { parse_mode: 'HTML' });
+    }),
+  );
+
+  async function pauseOrResume(ctx: BotContext, pause: boolean): Promise<void> {
+    const actor = actorOf(ctx.from!);
+    if (deps.engine.isPaused() === pause) {
+      await ctx.reply(pause ? t.alreadyPaused : t.alreadyResumed);
+      return;
+    }
+    await deps.engine.setPaused(pause, actor);
+    log.info({ actor: actor.id, paused: pause }, pause ? 'calls paused from Telegram' : 'calls resumed from Telegram');
+    const text = pause ? t.paused(mention(actor)) : t.resumed(mention(actor));
+    const now = clock.now();
+    // The other vendor chats hear it through the outbox; this chat gets the answer now.
+    await queueText(db, now, deps.vendorChatIds.filter((c) => c !== String(ctx.chat!.id)), text);
+    await refreshActiveCards(db, now, deps.vendorChatIds);
+    notifyChange();
+    await ctx.reply(text, { parse_mode: 'HTML' });
+  }
+
+  bot.command('pause', operatorOnly((ctx) => pauseOrResume(ctx, true)));
+  bot.command('resume', operatorOnly((ctx) => pauseOrResume(ctx, false)));
+
+  for (const [cmd, kind] of [
+    ['note', 'note'],
+    ['phone', 'phone'],
+    ['schedule', 'sched'],
+  ] as const) {
+    bot.command(
+      cmd,
+      operatorOnly(async (ctx) => {
+        const id = parseLeadId(ctx.match);
+        if (id === null) return ctx.reply(t.usage(cmd), { parse_mode: 'HTML' });
+        if (!(await getLead(db, id))) return ctx.reply(t.noLead);
+        return startDialog(ctx, kind, id);
+      }),
+    );
+  }
+
+  // A /cancel that reached here found no open dialog (an open one takes it first).
+  bot.command('cancel', (ctx) => ctx.reply(t.nothingToCancel));
 
   bot.catch((err) => log.error({ err: err.error, update: err.ctx.update.update_id }, 'bot handler failed'));
 
+  // ------------------------------------------------------------ card delivery (outbox)
+
+  // Its own Api without auto-retry: the outbox honours retry_after itself, per chat, in
+  // the database (shared by instances, kept across restarts) instead of sleeping here.
+  const outApi = new Api(deps.token, clientOpts);
   const transport: TelegramTransport = {
     async sendMessage(chatId, text, buttons) {
-      const m = await bot.api.sendMessage(chatId, text, {
+      const m = await outApi.sendMessage(chatId, text, {
         parse_mode: 'HTML',
         link_preview_options: { is_disabled: true },
         ...(buttons.length ? { reply_markup: keyboard(buttons) } : {}),
@@ -153,7 +525,7 @@ export function createBot(deps: BotDeps) {
     },
     async editMessage(chatId, messageId, text, buttons) {
       try {
-        await bot.api.editMessageText(chatId, messageId, text, {
+        await outApi.editMessageText(chatId, messageId, text, {
           parse_mode: 'HTML',
           link_preview_options: { is_disabled: true },
           reply_markup: keyboard(buttons),
@@ -168,19 +540,25 @@ export function createBot(deps: BotDeps) {
 
   let polling: Promise<void> | null = null;
 
+  async function prepare(): Promise<void> {
+    await bot.init();
+    await sessions.prune(new Date(clock.now().getTime() - Math.max(dialogTimeout, 60_000) * 4)).catch((err) => log.warn({ err }, 'old dialogs not pruned'));
+    await bot.api.setMyCommands(botCommands(deps.language)).catch((err) => log.warn({ err }, 'setMyCommands failed'));
+  }
+
   return {
     bot,
     transport,
     /** Long polling (no webhook). Resolves once the bot is initialised. */
     async startPolling(): Promise<void> {
-      await bot.init();
+      await prepare();
       await bot.api.deleteWebhook().catch((err) => log.warn({ err }, 'deleteWebhook failed'));
       polling = bot.start({ drop_pending_updates: false, onStart: () => log.info({ username: bot.botInfo.username }, 'telegram bot polling') });
       polling.catch((err) => log.error({ err }, 'telegram polling stopped'));
     },
     /** Webhook mode: registers the URL with Telegram; updates arrive at POST /telegram/webhook. */
     async startWebhook(publicUrl: string, secret: string): Promise<void> {
-      await bot.init();
+      await prepare();
       await bot.api.setWebhook(`${publicUrl}/telegram/webhook`, { secret_token: secret });
       log.info({ username: bot.botInfo.username }, 'telegram bot webhook set');
     },

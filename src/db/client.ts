@@ -30,6 +30,12 @@ export interface Db {
   listen(channel: string, onNotify: () => void): Promise<(() => Promise<void>) | null>;
   /** NOTIFY a channel (a no-op on PGlite, where one process is all there is). */
   notify(channel: string): Promise<void>;
+  /**
+   * Runs `fn` while holding a cluster-wide lock named by `key` (a session advisory lock
+   * on a dedicated connection, so no transaction stays open while `fn` talks HTTP).
+   * PGlite: an in-process mutex, which is all one process needs.
+   */
+  withLock<T>(key: number, fn: () => Promise<T>): Promise<T>;
   /** Applies drizzle/ migrations; several instances booting at once take turns. */
   migrate(): Promise<void>;
   close(): Promise<void>;
@@ -43,6 +49,10 @@ export interface OpenDbOptions {
   /** postgres.js pool size */
   max?: number;
 }
+
+/** Advisory lock keys (one namespace for the whole service). */
+export const LOCK_MIGRATIONS = 727001;
+export const LOCK_BITRIX24_REFRESH = 727002;
 
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url));
 
@@ -67,8 +77,8 @@ async function openPostgres(url: string, max: number): Promise<Db> {
     // Statements get a ceiling so a stuck database never hangs a request forever.
     connection: { statement_timeout: 30_000, application_name: 'hotlead' },
   });
-  const orm = drizzle(client, { schema }) as unknown as DrizzleDb;
-  return {
+  const orm = drizzle(preparedStatements(client), { schema }) as unknown as DrizzleDb;
+  const db: Db = {
     kind: 'postgres',
     orm,
     async query<T>(q: SQL, executor: Executor = orm) {
@@ -89,23 +99,60 @@ async function openPostgres(url: string, max: number): Promise<Db> {
     async notify(channel) {
       await client.notify(channel, '');
     },
+    async withLock<T>(key: number, fn: () => Promise<T>): Promise<T> {
+      const conn = await client.reserve();
+      try {
+        await conn`select pg_advisory_lock(${key})`;
+        try {
+          return await fn();
+        } finally {
+          await conn`select pg_advisory_unlock(${key})`.catch(() => {});
+        }
+      } finally {
+        conn.release();
+      }
+    },
     async migrate() {
       const { migrate: run } = await import('drizzle-orm/postgres-js/migrator');
-      // A session-level advisory lock on a reserved connection: a second instance
-      // booting at the same moment waits, then finds the migrations applied.
-      const lockConn = await client.reserve();
-      try {
-        await lockConn`select pg_advisory_lock(727001)`;
-        await run(orm as never, { migrationsFolder: MIGRATIONS_FOLDER });
-      } finally {
-        await lockConn`select pg_advisory_unlock(727001)`.catch(() => {});
-        lockConn.release();
-      }
+      // A second instance booting at the same moment waits, then finds the migrations applied.
+      await db.withLock(LOCK_MIGRATIONS, () => run(orm as never, { migrationsFolder: MIGRATIONS_FOLDER }));
     },
     async close() {
       await client.end({ timeout: 5 });
     },
   };
+  return db;
+}
+
+/**
+ * drizzle runs every query as an unnamed statement (postgres.js `prepare: false`): one
+ * with parameters then costs two round trips (Parse/Describe, then Bind/Execute) and a
+ * fresh parse and plan in PostgreSQL, every time. drizzle gets this view of the client
+ * instead, whose queries are named prepared statements cached per connection. A schema
+ * change that invalidates one is retried by postgres.js; connections are recycled
+ * (max_lifetime), which also bounds the cache of one-off statements.
+ */
+function preparedStatements<T extends object>(sql: T): T {
+  return new Proxy(sql, {
+    get(target, key) {
+      const value = Reflect.get(target, key) as unknown;
+      if (typeof value !== 'function') return value;
+      const fn = value as (...args: unknown[]) => unknown;
+      if (key === 'unsafe') {
+        return (query: string, params?: unknown[], opts?: Record<string, unknown>) => fn.call(target, query, params, { ...opts, prepare: true });
+      }
+      if (key === 'begin' || key === 'savepoint') {
+        // The transaction's own client (passed to the callback) gets the same treatment.
+        return (...args: unknown[]) => {
+          const last = args.length - 1;
+          const body = args[last] as (inner: object) => unknown;
+          args[last] = (inner: object) => body(preparedStatements(inner));
+          return fn.apply(target, args);
+        };
+      }
+      return fn.bind(target);
+    },
+  });
 }
 
 async function openPglite(dataDir: string): Promise<Db> {
@@ -115,6 +162,7 @@ async function openPglite(dataDir: string): Promise<Db> {
   const client = await PGlite.create(dataDir);
   const orm = drizzle(client, { schema }) as unknown as DrizzleDb;
   let closed = false;
+  let lockTail: Promise<unknown> = Promise.resolve();
   return {
     kind: 'pglite',
     orm,
@@ -134,6 +182,11 @@ async function openPglite(dataDir: string): Promise<Db> {
       return null;
     },
     async notify() {},
+    withLock<T>(_key: number, fn: () => Promise<T>): Promise<T> {
+      const run = lockTail.then(fn);
+      lockTail = run.catch(() => undefined);
+      return run;
+    },
     async migrate() {
       const { migrate: run } = await import('drizzle-orm/pglite/migrator');
       await run(orm as never, { migrationsFolder: MIGRATIONS_FOLDER });

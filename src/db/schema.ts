@@ -194,6 +194,35 @@ export const tgOutbox = pgTable(
   ],
 );
 
+/**
+ * Telegram pacing shared by every instance: the earliest moment a chat may get its
+ * next message (sends and edits alike), and under the key '*' the next free slot of
+ * the bot's overall rate. The outbox holds a chat's row as a short lease while it
+ * sends, then sets it to "now + the chat's interval".
+ */
+export const tgPacing = pgTable('tg_pacing', {
+  chatId: text('chat_id').primaryKey(),
+  nextAt: ts('next_at').notNull(),
+});
+
+/**
+ * Paid actions (robot calls, SMS) per phone number, for the daily caps
+ * (MAX_CALLS_PER_PHONE_PER_DAY, MAX_SMS_PER_PHONE_PER_DAY; src/engine/phone-caps.ts).
+ * `ref` is the effect's idempotency key; the number is kept only as a hash, and
+ * housekeeping deletes rows older than two days.
+ */
+export const phoneUsage = pgTable(
+  'phone_usage',
+  {
+    ref: text('ref').primaryKey(),
+    phoneKey: text('phone_key').notNull(),
+    kind: text('kind').notNull(),
+    leadId: integer('lead_id'),
+    at: ts('at').notNull(),
+  },
+  (t) => [index('phone_usage_key_idx').on(t.phoneKey, t.kind, t.at)],
+);
+
 /** Small persisted settings: calls paused, the CRM's rotated OAuth tokens, ... */
 export const settings = pgTable('settings', {
   key: text('key').primaryKey(),

@@ -73,7 +73,9 @@ export type LeadEvent =
   | { type: 'crm_created'; crmId: string }
   | { type: 'crm_failed' }
   | { type: 'operator'; action: OperatorAction }
-  | { type: 'phone_corrected'; phone: string | null };
+  | { type: 'phone_corrected'; phone: string | null }
+  /** An operator's scheduled call (vendor console): wait until `at`, then call like Call now. */
+  | { type: 'call_scheduled'; at: Date };
 
 /** CRM write-back notes; the engine renders them as timeline comments (with the operator, when one acted). */
 export type CrmNote = (
@@ -83,6 +85,10 @@ export type CrmNote = (
   | { note: 'invalid_phone' }
   | { note: 'operator'; action: OperatorAction | 'phone_corrected' }
   | { note: 'sms'; sms: SmsKind }
+  /** An operator's call scheduled for `at` (ISO), shown in the shop's zone `tz`. */
+  | { note: 'call_scheduled'; at: string; tz: string }
+  /** An operator's free-text note (vendor console); the engine writes it, the machine never decides it. */
+  | { note: 'text'; text: string }
 ) & { actor?: string };
 
 export type Effect =
@@ -167,14 +173,40 @@ export function decide(lead: LeadSnapshot, event: LeadEvent, now: Date, policy: 
     case 'call_start_failed':
       return onStartFailed(lead, event.attemptId, event.failure, now, policy);
     case 'crm_created':
+      // A second report (a create retried after a crash found the lead it made) changes nothing.
+      if (lead.crmStatus === 'created') return keep(lead, 'crm_already_created');
       return { state: lead.state, runAt: 'keep', effects: [], patch: { crmStatus: 'created', crmId: event.crmId }, reason: 'crm_created' };
     case 'crm_failed':
+      // The CRM track never goes back: once the CRM lead exists, a stale failure is only noted.
+      if (lead.crmStatus === 'created') return keep(lead, 'crm_failure_after_created');
+      if (lead.crmStatus === 'error') return keep(lead, 'crm_still_failing');
       return { state: lead.state, runAt: 'keep', effects: [], patch: { crmStatus: 'error' }, reason: 'crm_error' };
     case 'operator':
       return onOperator(lead, event.action, now);
     case 'phone_corrected':
       return onPhoneCorrected(lead, event.phone, now);
+    case 'call_scheduled':
+      return onCallScheduled(lead, event.at, now, policy);
   }
+}
+
+/**
+ * An operator scheduled a call (vendor console): allowed wherever Call now is. The lead
+ * waits in `dial_pending` until `at`, then calls like Call now (no window, no attempt
+ * limit, no pause). A lead still `received` gets its CRM lead made as usual.
+ */
+function onCallScheduled(lead: LeadSnapshot, at: Date, now: Date, policy: Policy): Decision {
+  if (!allowedActions(lead).includes('call_now')) return keep(lead, 'operator_schedule_not_allowed');
+  const when = at.getTime() > now.getTime() ? at : now;
+  const effects: Effect[] = [{ kind: 'crm.comment', body: { note: 'call_scheduled', at: when.toISOString(), tz: policy.businessTz } }];
+  if (lead.state === 'received') effects.unshift({ kind: 'crm.create' });
+  return {
+    state: 'dial_pending',
+    runAt: when,
+    effects,
+    patch: { callNow: true, currentAttemptId: null },
+    reason: 'operator_schedule',
+  };
 }
 
 function onTick(lead: LeadSnapshot, now: Date, policy: Policy): Decision {
@@ -272,12 +304,14 @@ function dial(lead: LeadSnapshot, now: Date, policy: Policy): Decision {
 function onCallResult(lead: LeadSnapshot, attemptId: string, outcome: CallOutcome, now: Date, policy: Policy): Decision {
   if (lead.state !== 'calling' || lead.currentAttemptId !== attemptId) return keep(lead, 'late_call_result');
   const note: Effect = { kind: 'crm.comment', body: { note: 'call_result', outcome, attempt: lead.attempts } };
+  // The number may have been taken away during the call (corrected to an unusable one): no SMS then.
+  const sms = (kind: SmsKind): Effect[] => (lead.phone === null ? [] : [{ kind: 'sms.send', sms: kind }]);
   switch (outcome) {
     case 'answered':
       return {
         state: 'confirmed',
         runAt: null,
-        effects: [note, { kind: 'sms.send', sms: 'confirmation' }, { kind: 'crm.final', state: 'confirmed' }],
+        effects: [note, ...sms('confirmation'), { kind: 'crm.final', state: 'confirmed' }],
         patch: { currentAttemptId: null },
         reason: 'answered',
       };
@@ -285,7 +319,7 @@ function onCallResult(lead: LeadSnapshot, attemptId: string, outcome: CallOutcom
       return {
         state: 'voicemail',
         runAt: null,
-        effects: [note, { kind: 'sms.send', sms: 'voicemail' }, { kind: 'crm.final', state: 'voicemail' }],
+        effects: [note, ...sms('voicemail'), { kind: 'crm.final', state: 'voicemail' }],
         patch: { currentAttemptId: null },
         reason: 'voicemail',
       };

@@ -1,7 +1,7 @@
 import { eq, sql } from 'drizzle-orm';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
-import type { Db } from '../db/client.js';
+import type { Db, Tx } from '../db/client.js';
 import { callAttempts, effects, leadEvents, leads, type LeadRow } from '../db/schema.js';
 import type { CrmNote, LeadEvent, SmsKind } from '../domain/lead-machine.js';
 import {
@@ -12,6 +12,7 @@ import {
   type TelephonyClient,
 } from '../integrations/types.js';
 import type { Incidents } from './incidents.js';
+import type { PhoneCaps } from './phone-caps.js';
 import { renderCrmNote } from './notes.js';
 
 /**
@@ -33,9 +34,12 @@ export interface EffectRunnerDeps {
   concurrency?: number;
   /** How long a claimed effect is ours (longer than any upstream timeout with its retries). */
   leaseMs?: number;
-  apply(leadId: number, event: LeadEvent, data?: Record<string, unknown>): Promise<unknown>;
+  /** Applies an event to a lead; `also` runs in the same transaction (finishing the effect). */
+  apply(leadId: number, event: LeadEvent, data?: Record<string, unknown>, also?: (tx: Tx) => Promise<void>): Promise<unknown>;
   tokenFor(attemptId: string): string;
   enqueueCards(leadId: number): Promise<void>;
+  /** Daily caps on calls and SMS per phone number (reservations taken before each). */
+  phoneCaps?: PhoneCaps | undefined;
 }
 
 type Lane = 'telephony' | 'crm';
@@ -52,7 +56,11 @@ interface Claimed {
 
 const LANE_FILTER: Record<Lane, ReturnType<typeof sql>> = {
   telephony: sql`(e.kind like 'call.%' or e.kind like 'sms.%')`,
-  crm: sql`e.kind like 'crm.%'`,
+  // CRM work of one lead goes in the order it was decided, one at a time: write-backs
+  // that waited through an outage must not race (a stale final status landing last).
+  crm: sql`e.kind like 'crm.%' and not exists (
+    select 1 from effects p
+    where p.lead_id = e.lead_id and p.id < e.id and p.kind like 'crm.%' and p.status in ('pending', 'running'))`,
 };
 
 /** Quick retries for a call that could not be started before the attempt counts as failed. */
@@ -96,11 +104,17 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       returning e.id, e.lead_id, e.kind, e.idem_key, e.payload, e.attempts, due.prev_status`);
   }
 
-  async function finish(e: Claimed, result: Record<string, unknown>, status: 'done' | 'dead' = 'done'): Promise<void> {
-    await db.orm
-      .update(effects)
-      .set({ status, result, doneAt: clock.now(), leaseUntil: null })
-      .where(eq(effects.id, e.id));
+  async function finish(e: Claimed, result: Record<string, unknown>, status: 'done' | 'dead' = 'done', ex: Tx | Db['orm'] = db.orm): Promise<void> {
+    await ex.update(effects).set({ status, result, doneAt: clock.now(), leaseUntil: null }).where(eq(effects.id, e.id));
+  }
+
+  /**
+   * Finishes the effect and applies the event it produced in one transaction: a crash
+   * between the two would otherwise leave, say, a CRM lead made but never recorded.
+   */
+  async function finishAndApply(e: Claimed, result: Record<string, unknown>, status: 'done' | 'dead', event: LeadEvent, data?: Record<string, unknown>): Promise<void> {
+    const r = await deps.apply(e.lead_id, event, data, (tx) => finish(e, result, status, tx));
+    if (r === null) await finish(e, { ...result, skipped: 'lead gone' }, 'dead');
   }
 
   async function retryLater(e: Claimed, err: unknown, delayMs: number): Promise<void> {
@@ -146,10 +160,16 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       await note(lead.id, 'call_start_uncertain', { attempt: e.payload.attemptNumber });
       return;
     }
+    if (lead.phone === null) {
+      // The number was taken away (corrected to an unusable one) before the call started.
+      await deps.phoneCaps?.release(`call:${attemptId}`);
+      await finishAndApply(e, { skipped: 'no usable phone' }, 'dead', { type: 'call_start_failed', attemptId, failure: 'invalid_number' }, { error: 'no_phone' });
+      return;
+    }
     try {
       const r = await deps.telephony.startCall({
         leadId: lead.id,
-        phone: lead.phone!,
+        phone: lead.phone,
         attemptId,
         token: deps.tokenFor(attemptId),
         attemptNumber: Number(e.payload.attemptNumber),
@@ -161,19 +181,20 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     } catch (err) {
       const pe = asProviderError(err, deps.telephony.provider);
       log.warn({ err: pe, leadId: lead.id, kind: pe.kind, code: pe.code }, 'call could not be started');
+      const failed = { error: describe(pe), kind: pe.kind };
       if (pe.needsPeople) {
         await deps.incidents.open(pe.provider, pe.kind, pe.message);
-        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
-        await deps.apply(lead.id, { type: 'call_start_failed', attemptId, failure: 'blocked' }, { error: pe.kind });
+        // Refused before it reached anyone: the call does not count towards the phone's cap.
+        await deps.phoneCaps?.release(`call:${attemptId}`);
+        await finishAndApply(e, failed, 'dead', { type: 'call_start_failed', attemptId, failure: 'blocked' }, { error: pe.kind });
       } else if (pe.kind === 'invalid_number') {
-        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
-        await deps.apply(lead.id, { type: 'call_start_failed', attemptId, failure: 'invalid_number' }, { code: pe.code });
+        await deps.phoneCaps?.release(`call:${attemptId}`);
+        await finishAndApply(e, failed, 'dead', { type: 'call_start_failed', attemptId, failure: 'invalid_number' }, { code: pe.code });
       } else if ((pe.kind === 'unavailable' || pe.kind === 'rate') && e.attempts < CALL_START_TRIES) {
         await retryLater(e, pe, Math.min(delayFor(pe, e.attempts), 30_000));
       } else {
         if (pe.kind === 'unavailable') await deps.incidents.open(pe.provider, pe.kind, pe.message);
-        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
-        await deps.apply(lead.id, { type: 'call_start_failed', attemptId, failure: 'failed' }, { error: pe.kind, code: pe.code });
+        await finishAndApply(e, failed, 'dead', { type: 'call_start_failed', attemptId, failure: 'failed' }, { error: pe.kind, code: pe.code });
       }
     }
   }
@@ -185,11 +206,27 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       await finish(e, { skipped: 'no usable phone' }, 'dead');
       return;
     }
+    if (kind === 'night' && lead.state !== 'night_wait' && lead.state !== 'dial_pending') {
+      // A night SMS held up (telephony down) until the lead was called or handed over
+      // would now promise a call that already happened: it is dropped, never sent late.
+      await finish(e, { skipped: `lead is ${lead.state}` }, 'dead');
+      await note(lead.id, 'sms_night_dropped', { sms: kind, state: lead.state }, 'sms');
+      return;
+    }
     if (e.prev_status === 'running') {
       // Died while sending: the SMS may have gone out. Never send the same SMS twice.
       await finish(e, { uncertain: true }, 'dead');
       await note(lead.id, 'sms_uncertain', { sms: kind }, 'sms');
       return;
+    }
+    if (deps.phoneCaps) {
+      // A spammer must not be able to text a stranger's number without end.
+      const r = await deps.phoneCaps.reserveNow('sms', lead.phone, e.idem_key, lead.id, clock.now());
+      if (!r.ok) {
+        await finish(e, { skipped: 'phone cap reached', cap: r.cap }, 'dead');
+        await note(lead.id, 'sms_capped', { sms: kind, cap: r.cap, sent_24h: r.used }, 'sms');
+        return;
+      }
     }
     try {
       const text = deps.smsText(kind, lead);
@@ -207,6 +244,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
         await retryLater(e, pe, delayFor(pe, e.attempts));
       } else {
         await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
+        if (pe.kind === 'bad_request' || pe.kind === 'invalid_number') await deps.phoneCaps?.release(e.idem_key);
         await note(lead.id, 'sms_failed', { sms: kind, error: pe.kind }, 'sms');
       }
     }
@@ -232,8 +270,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
   }
 
   async function crmCreated(e: Claimed, crmId: string, existed: boolean): Promise<void> {
-    await finish(e, { crmId, existed });
-    await deps.apply(e.lead_id, { type: 'crm_created', crmId }, { crm_id: crmId, existed });
+    await finishAndApply(e, { crmId, existed }, 'done', { type: 'crm_created', crmId }, { crm_id: crmId, existed });
   }
 
   async function crmCreateFailed(e: Claimed, lead: LeadRow, err: unknown): Promise<void> {
@@ -360,6 +397,20 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
   }
 
   return {
+    /**
+     * Effects marked running whose performer is known to be dead (the only process of
+     * an embedded database starting up): their leases end now, so the next claim treats
+     * them as "in flight when it died" (calls and SMS are not repeated; CRM creation
+     * looks the lead up first).
+     */
+    async releaseOrphans(): Promise<number> {
+      const now = clock.now();
+      const rows = await db.query<{ id: number }>(
+        sql`update effects set lease_until = ${iso(new Date(now.getTime() - 1))} where status = 'running' returning id`,
+      );
+      if (rows.length > 0) log.warn({ effects: rows.length }, 'effects left running by a previous process are looked at again');
+      return rows.length;
+    },
     start(): void {
       if (running) return;
       running = true;

@@ -42,6 +42,10 @@ export interface EngineDeps extends Omit<EffectRunnerDeps, 'apply' | 'tokenFor' 
   batchSize?: number;
   /** Called after changes that the Telegram outbox should see. */
   onCardsQueued?: () => void;
+  /** Metrics hook: a timeline row of the contact or CRM track was written. */
+  onTransition?: (t: { track: string; from: string | null; to: string | null; reason: string }) => void;
+  /** Metrics hook: a lead's first call was decided `ms` after the lead arrived. */
+  onFirstCall?: (ms: number) => void;
 }
 
 export interface ApplyResult {
@@ -129,22 +133,38 @@ export function createEngine(deps: EngineDeps) {
       on conflict (chat_id, lead_id) where kind = 'card' and status = 'pending' do nothing`);
   }
 
-  function effectRow(leadId: number, e: Effect, now: Date, seq: number, lead: LeadRow, extra: { attemptId?: string }) {
+  /**
+   * The intent row of an effect, with its idempotency key (lead, step, attempt):
+   * - `crm.create`: one per lead, ever (the CRM client also looks the lead up by ORIGIN_ID first);
+   * - `call.start`: one per call attempt (its unique id; the number alone repeats after a
+   *   `blocked` start gives the attempt back);
+   * - `sms.send`: one per lead and kind, ever. The night SMS is the shop's promise of a
+   *   morning call and is sent once whatever Retry or restarts happen; the confirmation
+   *   can only happen once; a second voicemail SMS after an operator's Retry would tell
+   *   the customer the same thing again, so it is not sent either (the timeline says so);
+   * - CRM write-backs: one per (transition, position), the transition being its event row.
+   */
+  function effectRow(leadId: number, e: Effect, now: Date, seq: number, step: number, extra: { attemptId?: string }) {
     const base = { leadId, runAt: now, createdAt: now, status: 'pending' as const };
     switch (e.kind) {
       case 'crm.create':
         return { ...base, kind: e.kind, idemKey: `lead:${leadId}:crm.create`, payload: {} };
       case 'call.start':
-        return { ...base, kind: e.kind, idemKey: `lead:${leadId}:call:${e.attemptNumber}`, payload: { attemptId: extra.attemptId, attemptNumber: e.attemptNumber } };
+        return {
+          ...base,
+          kind: e.kind,
+          idemKey: `lead:${leadId}:call:${e.attemptNumber}:${extra.attemptId}`,
+          payload: { attemptId: extra.attemptId, attemptNumber: e.attemptNumber },
+        };
       case 'sms.send':
-        return { ...base, kind: e.kind, idemKey: `lead:${leadId}:sms:${e.sms}:${lead.budgetBase}`, payload: { sms: e.sms } };
+        return { ...base, kind: e.kind, idemKey: `lead:${leadId}:sms:${e.sms}`, payload: { sms: e.sms } };
       case 'crm.comment':
       case 'crm.final':
         return {
           ...base,
           kind: e.kind,
           needsCrm: true,
-          idemKey: `lead:${leadId}:${e.kind}:${now.getTime()}:${seq}`,
+          idemKey: `lead:${leadId}:${e.kind}:ev${step}:${seq}`,
           payload: e.kind === 'crm.comment' ? { body: e.body } : { state: e.state },
         };
     }
@@ -156,7 +176,19 @@ export function createEngine(deps: EngineDeps) {
    * intents and the card refresh. Nothing here talks to the outside world.
    */
   async function transitionInTx(tx: Tx, lead: LeadRow, event: LeadEvent, actor: Actor, now: Date, eventData?: Record<string, unknown>): Promise<Decision> {
-    const d = decide(snapshot(lead), event, now, { ...deps.policy, paused });
+    let d = decide(snapshot(lead), event, now, { ...deps.policy, paused });
+    // Daily cap of calls per phone number (MAX_CALLS_PER_PHONE_PER_DAY): the reservation is
+    // taken with the intent, in this transaction. An operator's "Call now" goes past the cap.
+    const plannedCall = d.ignored ? undefined : d.effects.find((e) => e.kind === 'call.start');
+    const plannedAttemptId = plannedCall ? newAttemptId() : undefined;
+    if (plannedCall && deps.phoneCaps && lead.phone !== null) {
+      const r = await deps.phoneCaps.reserve(tx, 'call', lead.phone, `call:${plannedAttemptId}`, lead.id, now, lead.callNow);
+      if (!r.ok) {
+        log.warn({ leadId: lead.id, cap: r.cap }, 'call not placed: the phone number reached its daily cap');
+        d = { state: 'manual', runAt: null, effects: [{ kind: 'crm.final', state: 'manual' }], patch: { callNow: false }, reason: 'call_cap_reached' };
+        eventData = { ...eventData, cap: r.cap, calls_24h: r.used };
+      }
+    }
     if (d.ignored) {
       await tx.insert(leadEvents).values({
         leadId: lead.id,
@@ -190,7 +222,7 @@ export function createEngine(deps: EngineDeps) {
     let attemptId: string | undefined;
     const call = d.effects.find((e) => e.kind === 'call.start');
     if (call && call.kind === 'call.start') {
-      attemptId = newAttemptId();
+      attemptId = plannedAttemptId ?? newAttemptId();
       await tx.insert(callAttempts).values({
         id: attemptId,
         leadId: lead.id,
@@ -201,7 +233,10 @@ export function createEngine(deps: EngineDeps) {
         expiresAt: new Date(now.getTime() + deps.policy.callbackTimeoutMs * 2),
       });
       set.currentAttemptId = attemptId;
-      if (!lead.firstCallAt) set.firstCallAt = now;
+      if (!lead.firstCallAt) {
+        set.firstCallAt = now;
+        deps.onFirstCall?.(now.getTime() - lead.createdAt.getTime());
+      }
     }
     await tx.update(leads).set(set).where(eq(leads.id, lead.id));
 
@@ -212,14 +247,33 @@ export function createEngine(deps: EngineDeps) {
       rows.push({ leadId: lead.id, at: now, track: 'contact', fromState: lead.state, toState: d.state, reason: d.reason, actor: actor.id, actorName: actor.name ?? null, data: eventData ?? null });
     if (crmMoved)
       rows.push({ leadId: lead.id, at: now, track: 'crm', fromState: lead.crmStatus, toState: p.crmStatus!, reason: d.reason, actor: actor.id, actorName: actor.name ?? null, data: eventData ?? null });
-    await tx.insert(leadEvents).values(rows);
+    const inserted = await tx.insert(leadEvents).values(rows).returning({ id: leadEvents.id });
+    for (const r of rows) deps.onTransition?.({ track: r.track, from: r.fromState ?? null, to: r.toState ?? null, reason: r.reason });
+    const step = inserted[0]!.id;
 
     if (d.effects.length > 0) {
-      const values = d.effects.map((e, i) => {
-        const row = effectRow(lead.id, withActor(e, actor), now, i, { ...lead, ...set } as LeadRow, attemptId ? { attemptId } : {});
-        return row;
-      });
-      await tx.insert(effects).values(values).onConflictDoNothing({ target: effects.idemKey });
+      const values = d.effects.map((e, i) => effectRow(lead.id, withActor(e, actor), now, i, step, attemptId ? { attemptId } : {}));
+      const written = await tx
+        .insert(effects)
+        .values(values)
+        .onConflictDoNothing({ target: effects.idemKey })
+        .returning({ idemKey: effects.idemKey });
+      const kept = new Set(written.map((w) => w.idemKey));
+      const notRepeated = values.filter((v) => !kept.has(v.idemKey));
+      if (notRepeated.length > 0) {
+        // Only SMS keys can already exist (once per lead and kind): say so in the timeline.
+        await tx.insert(leadEvents).values(
+          notRepeated.map((v) => ({
+            leadId: lead.id,
+            at: now,
+            track: 'sms',
+            reason: v.kind === 'sms.send' ? `sms_${String(v.payload.sms)}_not_repeated` : `${v.kind}_not_repeated`,
+            actor: actor.id,
+            actorName: actor.name ?? null,
+            data: { idem_key: v.idemKey },
+          })),
+        );
+      }
     }
     await enqueueCards(tx, lead.id, now);
     return d;
@@ -230,14 +284,25 @@ export function createEngine(deps: EngineDeps) {
     return e;
   }
 
-  /** Applies one event to one lead in its own transaction. */
-  async function apply(leadId: number, event: LeadEvent, actor: Actor = SYSTEM, eventData?: Record<string, unknown>): Promise<ApplyResult | null> {
+  /**
+   * Applies one event to one lead in its own transaction. `also` runs in the same
+   * transaction (the effect runner finishes the effect that produced the event there,
+   * so a crash can never leave one without the other).
+   */
+  async function apply(
+    leadId: number,
+    event: LeadEvent,
+    actor: Actor = SYSTEM,
+    eventData?: Record<string, unknown>,
+    also?: (tx: Tx) => Promise<void>,
+  ): Promise<ApplyResult | null> {
     const now = clock.now();
     const result = await db.orm.transaction(async (tx) => {
       const rows = await tx.select().from(leads).where(eq(leads.id, leadId)).for('update').limit(1);
       const lead = rows[0];
       if (!lead) return null;
       const d = await transitionInTx(tx, lead, event, actor, now, eventData);
+      await also?.(tx);
       return { applied: !d.ignored, state: d.state, reason: d.reason };
     });
     if (result) afterChange();
@@ -286,7 +351,7 @@ export function createEngine(deps: EngineDeps) {
 
   const runner = createEffectRunner({
     ...deps,
-    apply: (leadId, event, data) => apply(leadId, event, SYSTEM, data),
+    apply: (leadId, event, data, also) => apply(leadId, event, SYSTEM, data, also),
     tokenFor: attemptToken,
     enqueueCards: async (leadId) => {
       await db.orm.transaction((tx) => enqueueCards(tx, leadId, clock.now()));
@@ -309,10 +374,10 @@ export function createEngine(deps: EngineDeps) {
       const lead = await db.orm.select({ state: leads.state }).from(leads).where(eq(leads.id, attempt.leadId));
       return { status: 200, body: { ok: true, applied: false, state: lead[0]?.state ?? 'unknown' } };
     }
-    if (attempt.expiresAt.getTime() < now.getTime()) {
-      log2.warn({ leadId: attempt.leadId, attempt: attempt.id }, 'call result for an expired attempt refused');
-      return { status: 403, body: { ok: false, error: 'attempt expired' } };
-    }
+    // The token dies with the attempt: a result after its expiry is still recorded in the
+    // timeline (DESIGN.md: a result for an attempt that is no longer current), never applied.
+    const expired = attempt.expiresAt.getTime() < now.getTime();
+    if (expired) log2.warn({ leadId: attempt.leadId, attempt: attempt.id }, 'call result for an expired attempt: recorded, not applied');
     const outcome = input.outcome;
     const data = {
       attempt: attempt.number,
@@ -320,6 +385,7 @@ export function createEngine(deps: EngineDeps) {
       ...(input.code !== undefined ? { code: String(input.code) } : {}),
       ...(input.reason ? { reason: input.reason } : {}),
       ...(input.duration !== undefined ? { duration: input.duration } : {}),
+      ...(expired ? { expired: true } : {}),
     };
     const res = await db.orm.transaction(async (tx) => {
       // Accept once: the first writer wins, a concurrent repeat finds outcome set.
@@ -338,6 +404,20 @@ export function createEngine(deps: EngineDeps) {
       const lr = await tx.select().from(leads).where(eq(leads.id, attempt.leadId)).for('update').limit(1);
       const lead = lr[0]!;
       if (claimed.length === 0) return { applied: false, state: lead.state };
+      if (expired) {
+        await tx.insert(leadEvents).values({
+          leadId: lead.id,
+          at: now,
+          track: 'note',
+          fromState: lead.state,
+          toState: lead.state,
+          reason: 'late_call_result',
+          actor: SYSTEM.id,
+          data,
+        });
+        await enqueueCards(tx, lead.id, now);
+        return { applied: false, state: lead.state };
+      }
       const d = await transitionInTx(tx, lead, { type: 'call_result', attemptId: attempt.id, outcome }, SYSTEM, now, data);
       return { applied: !d.ignored, state: d.state };
     });
@@ -377,6 +457,47 @@ export function createEngine(deps: EngineDeps) {
     });
     if (r) afterChange();
     return r;
+  }
+
+  // ------------------------------------------------------------ vendor console (Telegram) support
+
+  /**
+   * An operator's free-text note: one timeline event (`operator_note`, the text in its
+   * data) and a CRM timeline comment, written in one transaction. False: no such lead.
+   */
+  async function addNote(leadId: number, text: string, actor: Actor): Promise<boolean> {
+    const now = clock.now();
+    const ok = await db.orm.transaction(async (tx) => {
+      const rows = await tx.select({ id: leads.id }).from(leads).where(eq(leads.id, leadId)).for('update').limit(1);
+      if (!rows[0]) return false;
+      const ev = await tx
+        .insert(leadEvents)
+        .values({ leadId, at: now, track: 'note', reason: 'operator_note', actor: actor.id, actorName: actor.name ?? null, data: { text } })
+        .returning({ id: leadEvents.id });
+      const body: CrmNote = { note: 'text', text, ...(actor.id !== 'system' ? { actor: actor.name ?? actor.id } : {}) };
+      await tx
+        .insert(effects)
+        .values({
+          leadId,
+          kind: 'crm.comment',
+          idemKey: `lead:${leadId}:crm.comment:note${ev[0]!.id}`,
+          payload: { body },
+          needsCrm: true,
+          status: 'pending',
+          runAt: now,
+          createdAt: now,
+        })
+        .onConflictDoNothing({ target: effects.idemKey });
+      await enqueueCards(tx, leadId, now);
+      return true;
+    });
+    if (ok) afterChange();
+    return ok;
+  }
+
+  /** An operator's call at a given time (the machine's `call_scheduled`): waits, then calls like Call now. */
+  async function scheduleCall(leadId: number, at: Date, actor: Actor): Promise<ApplyResult | null> {
+    return apply(leadId, { type: 'call_scheduled', at }, actor, { at: at.toISOString() });
   }
 
   async function setPaused(value: boolean, actor: Actor): Promise<void> {
@@ -431,6 +552,10 @@ export function createEngine(deps: EngineDeps) {
     /** Starts the worker loops (transitions and effects). */
     async start(): Promise<void> {
       if (running) return;
+      // Embedded PGlite belongs to this one process: effects still marked running were
+      // being performed by a process that died. Look at them now (as "in flight when it
+      // died") instead of waiting for their leases. PostgreSQL may be shared: leases decide.
+      if (db.kind === 'pglite') await runner.releaseOrphans();
       running = true;
       unlisten = await db.listen(DUE_CHANNEL, () => wake()).catch((err) => {
         log.warn({ err }, 'LISTEN unavailable; polling only');
@@ -455,6 +580,8 @@ export function createEngine(deps: EngineDeps) {
     operator,
     retryCrm,
     setPaused,
+    addNote,
+    scheduleCall,
     isPaused: () => paused,
     attemptToken,
     /** One pass: due transitions, then due effects. For tests and tools. */

@@ -120,7 +120,11 @@ export function createIncidents(deps: IncidentDeps) {
       let leadCount = 0;
       if (lane === 'telephony') {
         const l = await db.query<{ id: number }>(
-          sql`update leads set next_run_at = ${iso} where state = 'dial_pending' and next_run_at > ${iso} returning id`,
+          // A call an operator scheduled for later (next_run_at is the time it was scheduled for) keeps its time.
+          sql`update leads set next_run_at = ${iso} where state = 'dial_pending' and next_run_at > ${iso}
+              and not (call_now and exists (select 1 from lead_events e where e.lead_id = leads.id and e.reason = 'operator_schedule'
+                                                and (e.data->>'at')::timestamptz = leads.next_run_at))
+              returning id`,
         );
         leadCount = l.length;
       } else if (lane === 'crm') {

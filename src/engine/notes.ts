@@ -1,4 +1,10 @@
+import { DateTime } from 'luxon';
 import type { CrmNote } from '../domain/lead-machine.js';
+
+function localTime(iso: string, tz: string): string {
+  const d = DateTime.fromISO(iso).setZone(tz);
+  return d.isValid ? `${d.toFormat('dd.LL.yyyy HH:mm')} (${tz})` : iso;
+}
 
 /** CRM timeline comments, in the shop's language. */
 export function renderCrmNote(n: CrmNote, lang: 'en' | 'ru', actor?: string | null): string {
@@ -17,6 +23,10 @@ export function renderCrmNote(n: CrmNote, lang: 'en' | 'ru', actor?: string | nu
         return `hotlead: действие «${RU_ACTION[n.action] ?? n.action}»${by}`;
       case 'sms':
         return `hotlead: отправлено SMS (${RU_SMS[n.sms] ?? n.sms})`;
+      case 'call_scheduled':
+        return `hotlead: звонок запланирован на ${localTime(n.at, n.tz)}${by}`;
+      case 'text':
+        return `hotlead: заметка${by}: ${n.text}`;
     }
   }
   switch (n.note) {
@@ -32,6 +42,10 @@ export function renderCrmNote(n: CrmNote, lang: 'en' | 'ru', actor?: string | nu
       return `hotlead: ${n.action.replace('_', ' ')}${by}`;
     case 'sms':
       return `hotlead: ${n.sms} SMS sent`;
+    case 'call_scheduled':
+      return `hotlead: call scheduled for ${localTime(n.at, n.tz)}${by}`;
+    case 'text':
+      return `hotlead: note${by}: ${n.text}`;
   }
 }
 

@@ -10,10 +10,29 @@ import type { NewLead } from '../db/queries.js';
 
 export const LIMITS = { phone: 64, name: 200, comment: 2000, extraBytes: 16 * 1024, short: 200, ref: 200 } as const;
 
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * What PostgreSQL cannot store is taken out of free text instead of failing the lead:
+ * NUL characters (refused in text and jsonb) and unpaired UTF-16 surrogates (refused
+ * by jsonb) become nothing and U+FFFD.
+ */
+export function storableText(v: string): string {
+  return v.replace(/\u0000/g, '').replace(LONE_SURROGATE, '\uFFFD');
+}
+
+/** storableText for every key and string of a JSON value (depth is checked before this runs). */
+export function storableJson(v: unknown): unknown {
+  if (typeof v === 'string') return storableText(v);
+  if (Array.isArray(v)) return v.map(storableJson);
+  if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [storableText(k), storableJson(x)]));
+  return v;
+}
+
 const text = (max: number) =>
   z
     .union([z.string(), z.number()])
-    .transform((v) => String(v).trim())
+    .transform((v) => storableText(String(v)).trim())
     .pipe(z.string().max(max, `must be at most ${max} characters`))
     .optional()
     .nullable();
@@ -23,7 +42,7 @@ export const leadBodySchema = z
     name: text(LIMITS.name),
     phone: z
       .union([z.string(), z.number()], { error: 'is required (a string or a number)' })
-      .transform((v) => String(v).trim())
+      .transform((v) => storableText(String(v)).trim())
       .pipe(z.string().min(1, 'must not be empty').max(LIMITS.phone, `must be at most ${LIMITS.phone} characters`)),
     city: text(LIMITS.short),
     timezone: text(64),
@@ -58,8 +77,10 @@ function nonEmpty(v: string | null | undefined): string | null {
 /** A validated body -> the lead to store. */
 export function toNewLead(body: LeadBody, ctx: IntakeContext): NewLead {
   const notes: string[] = [];
-  const extra: Record<string, unknown> = { ...(body.extra ?? {}) };
-  for (const [k, v] of Object.entries(body)) if (!KNOWN.has(k) && v !== undefined) extra[k] = v;
+  // Built from entries (never by assignment), so a key like "__proto__" stays a plain key.
+  const extra = storableJson(
+    Object.fromEntries([...Object.entries(body.extra ?? {}), ...Object.entries(body).filter(([k, v]) => !KNOWN.has(k) && v !== undefined)]),
+  ) as Record<string, unknown>;
   if (Buffer.byteLength(JSON.stringify(extra)) > LIMITS.extraBytes) throw new FieldError('extra', `unknown fields and extra together must be at most ${LIMITS.extraBytes} bytes`);
 
   let timezone = nonEmpty(body.timezone);

@@ -11,8 +11,27 @@ export interface FakeMessage {
   message_id: number;
   chat_id: string;
   text: string;
-  reply_markup?: { inline_keyboard: { text: string; callback_data: string }[][] };
+  reply_markup?: { inline_keyboard: { text: string; callback_data: string }[][]; force_reply?: boolean };
   edits: number;
+  /** Sent by the bot (true) or by a person through say() (false). */
+  fromBot: boolean;
+  reply_to_message_id?: number;
+}
+
+/**
+ * Telegram's flood limits, enforced when given: a message (sendMessage, editMessageText)
+ * over a limit is answered 429 with retry_after, like Telegram does. Windows slide.
+ * `timeScale` shrinks every window by that factor (100: a "minute" lasts 600 ms), so a
+ * bench can keep the real ratios and still finish quickly.
+ */
+export interface FakeLimits {
+  /** Messages into one group (negative chat id) per minute. Telegram: 20. */
+  perGroupPerMinute?: number;
+  /** Messages into one chat per second. Telegram: about 1. */
+  perChatPerSecond?: number;
+  /** Messages overall per second. Telegram: about 30. */
+  globalPerSecond?: number;
+  timeScale?: number;
 }
 
 export interface RecordedCall {
@@ -28,17 +47,38 @@ export interface FakeTelegram {
   messages: Map<string, FakeMessage>; // key: chat:message_id
   /** Queue an update for getUpdates (update_id is filled in). */
   pushUpdate(update: Record<string, unknown>): number;
-  /** Simulates a button press; returns the update id. */
+  /** Simulates a button press; returns the update id. The callback query id is `cb<update id>`. */
   press(opts: { chatId: string; messageId: number; data: string; userId: number; firstName?: string }): number;
-  /** Simulates a text message (commands too). */
-  say(opts: { chatId: string; userId: number; text: string; firstName?: string }): number;
+  /** Presses and waits for the bot's answerCallbackQuery; returns its parameters. */
+  pressAndAnswer(opts: { chatId: string; messageId: number; data: string; userId: number; firstName?: string }): Promise<Record<string, any>>;
+  /**
+   * Simulates a text message (commands too); returns the update id. `replyTo` makes it a
+   * reply to that message (as a force_reply answer is); `private` makes the chat a private one.
+   */
+  say(opts: { chatId: string; userId: number; text: string; firstName?: string; replyTo?: number; private?: boolean }): number;
+  /** Waits until the bot sent a message into the chat after `afterMessageId`; returns it. */
+  nextBotMessage(chatId: string, afterMessageId: number, pred?: (m: FakeMessage) => boolean, timeoutMs?: number): Promise<FakeMessage>;
+  /** The id of the newest message in the chat (0 when none). */
+  lastMessageId(chatId: string): number;
+  /** A person deleted a message in the chat. */
+  deleteMessage(chatId: string, messageId: number): void;
+  /** 429 answers given so far (flood limits and failNext). */
+  status429: number;
+  /** When each message (send or edit) was accepted, per chat (ms, Date.now()). */
+  messageTimes: Map<string, number[]>;
+  /** Changes the flood limits (undefined: none). */
+  setLimits(limits: FakeLimits | undefined): void;
   /** Next N calls of `method` answer 429 with retry_after seconds. */
   failNext(method: string, times: number, retryAfter?: number): void;
-  /** Members of chats: status by chat and user ('member', 'left', ...). */
+  /** Members of chats: status by `chat:user` ('member', 'left', ...). */
   members: Map<string, string>;
   callsOf(method: string): RecordedCall[];
-  /** The card messages in a chat, oldest first. */
+  /** Every message in a chat (the bot's and people's), oldest first. */
   chatMessages(chatId: string): FakeMessage[];
+  /** The lead cards the bot posted in a chat, oldest first. */
+  cards(chatId: string): FakeMessage[];
+  /** The card of one lead in a chat. */
+  cardOf(chatId: string, leadId: number): FakeMessage | undefined;
   waitFor(pred: () => boolean, timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
 }
@@ -65,7 +105,7 @@ function readJson(req: IncomingMessage): Promise<Record<string, any>> {
   });
 }
 
-export async function startFakeTelegram(opts: { token?: string; botId?: number } = {}): Promise<FakeTelegram> {
+export async function startFakeTelegram(opts: { token?: string; botId?: number; limits?: FakeLimits } = {}): Promise<FakeTelegram> {
   const token = opts.token ?? '123456:TEST-token_fake';
   const botId = opts.botId ?? 123456;
   const calls: RecordedCall[] = [];
@@ -77,6 +117,36 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number }
   let nextUpdate = 1;
   let nextMessage = 100;
   let closed = false;
+  let limits = opts.limits;
+  const messageTimes = new Map<string, number[]>();
+  const allTimes: number[] = [];
+  let status429 = 0;
+
+  /** Milliseconds until the message may go (0: now), by the flood limits. */
+  function floodWait(chat: string, now: number): number {
+    if (!limits) return 0;
+    const scale = limits.timeScale ?? 1;
+    const times = messageTimes.get(chat) ?? [];
+    let wait = 0;
+    const check = (list: number[], max: number | undefined, windowMs: number) => {
+      if (max === undefined) return;
+      const inWindow = list.filter((t) => t > now - windowMs);
+      if (inWindow.length >= max) wait = Math.max(wait, inWindow[inWindow.length - max]! + windowMs - now);
+    };
+    if (chat.startsWith('-')) check(times, limits.perGroupPerMinute, 60_000 / scale);
+    check(times, limits.perChatPerSecond, 1_000 / scale);
+    check(allTimes, limits.globalPerSecond, 1_000 / scale);
+    return wait;
+  }
+
+  function countMessage(chat: string, now: number) {
+    const list = messageTimes.get(chat) ?? [];
+    list.push(now);
+    messageTimes.set(chat, list);
+    allTimes.push(now);
+    // Keep the lists short: nothing older than a (real) minute matters.
+    while (allTimes.length > 0 && allTimes[0]! < now - 60_000) allTimes.shift();
+  }
 
   function reply(res: ServerResponse, status: number, body: unknown) {
     res.writeHead(status, { 'content-type': 'application/json' });
@@ -104,7 +174,18 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number }
     const f = failures.get(method);
     if (f && f.times > 0) {
       f.times--;
+      status429++;
       return err(res, 429, `Too Many Requests: retry after ${f.retryAfter}`, { retry_after: f.retryAfter });
+    }
+    if (method === 'sendMessage' || method === 'editMessageText') {
+      const chat = String(params.chat_id);
+      const now = Date.now();
+      const wait = floodWait(chat, now);
+      if (wait > 0) {
+        status429++;
+        const retryAfter = Math.max(1, Math.ceil(wait / 1000));
+        return err(res, 429, `Too Many Requests: retry after ${retryAfter}`, { retry_after: retryAfter });
+      }
     }
 
     switch (method) {
@@ -116,6 +197,12 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number }
       case 'answerCallbackQuery':
       case 'deleteMyCommands':
         return ok(res, true);
+      case 'deleteMessage': {
+        const key = `${params.chat_id}:${params.message_id}`;
+        if (!messages.has(key)) return err(res, 400, 'Bad Request: message to delete not found');
+        messages.delete(key);
+        return ok(res, true);
+      }
       case 'getUpdates': {
         const offset = Number(params.offset ?? 0);
         // Confirmed updates are forgotten, as Telegram does.
@@ -138,7 +225,17 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number }
         const chat = String(params.chat_id);
         if (!params.text || String(params.text).trim() === '') return err(res, 400, 'Bad Request: message text is empty');
         if (String(params.text).length > 4096) return err(res, 400, 'Bad Request: message is too long');
-        const msg: FakeMessage = { message_id: nextMessage++, chat_id: chat, text: String(params.text), reply_markup: params.reply_markup, edits: 0 };
+        const replyTo = params.reply_parameters?.message_id ?? params.reply_to_message_id;
+        const msg: FakeMessage = {
+          message_id: nextMessage++,
+          chat_id: chat,
+          text: String(params.text),
+          reply_markup: params.reply_markup,
+          edits: 0,
+          fromBot: true,
+          ...(replyTo !== undefined ? { reply_to_message_id: Number(replyTo) } : {}),
+        };
+        countMessage(chat, Date.now());
         messages.set(`${chat}:${msg.message_id}`, msg);
         return ok(res, { message_id: msg.message_id, date: Math.floor(Date.now() / 1000), chat: { id: Number(chat), type: 'supergroup', title: 'Vendors' }, text: msg.text, ...(msg.reply_markup ? { reply_markup: msg.reply_markup } : {}) });
       }
@@ -152,6 +249,7 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number }
         msg.text = String(params.text);
         msg.reply_markup = params.reply_markup;
         msg.edits++;
+        countMessage(chat, Date.now());
         return ok(res, { message_id: msg.message_id, date: Math.floor(Date.now() / 1000), chat: { id: Number(chat), type: 'supergroup' }, text: msg.text });
       }
       case 'getChatMember': {
@@ -180,28 +278,75 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number }
     },
     press({ chatId, messageId, data, userId, firstName }) {
       const msg = messages.get(`${chatId}:${messageId}`);
+      const id = nextUpdate;
       return fake.pushUpdate({
         callback_query: {
-          id: `cb${Date.now()}${Math.random().toString(36).slice(2, 6)}`,
+          id: `cb${id}`,
           from: { id: userId, is_bot: false, first_name: firstName ?? 'Vendor' },
           chat_instance: 'ci1',
           data,
-          message: { message_id: messageId, date: Math.floor(Date.now() / 1000), chat: { id: Number(chatId), type: 'supergroup', title: 'Vendors' }, text: msg?.text ?? '' },
+          message: {
+            message_id: messageId,
+            date: Math.floor(Date.now() / 1000),
+            chat: { id: Number(chatId), type: chatId.startsWith('-') ? 'supergroup' : 'private', title: 'Vendors' },
+            from: { id: botId, is_bot: true, first_name: 'hotlead', username: 'hotlead_test_bot' },
+            text: msg?.text ?? '',
+          },
         },
       });
     },
-    say({ chatId, userId, text, firstName }) {
+    async pressAndAnswer(o) {
+      const id = fake.press(o);
+      await fake.waitFor(() => calls.some((c) => c.method === 'answerCallbackQuery' && c.params.callback_query_id === `cb${id}`));
+      return calls.find((c) => c.method === 'answerCallbackQuery' && c.params.callback_query_id === `cb${id}`)!.params;
+    },
+    say({ chatId, userId, text, firstName, replyTo, private: isPrivate }) {
       const entities = text.startsWith('/') ? [{ type: 'bot_command', offset: 0, length: text.split(/\s/)[0]!.length }] : undefined;
+      const chat = isPrivate || !chatId.startsWith('-')
+        ? { id: Number(chatId), type: 'private', first_name: firstName ?? 'Vendor' }
+        : { id: Number(chatId), type: 'supergroup', title: 'Vendors' };
+      const replied = replyTo !== undefined ? messages.get(`${chatId}:${replyTo}`) : undefined;
+      const message_id = nextMessage++;
+      messages.set(`${chatId}:${message_id}`, { message_id, chat_id: chatId, text, edits: 0, fromBot: false, ...(replyTo !== undefined ? { reply_to_message_id: replyTo } : {}) });
       return fake.pushUpdate({
         message: {
-          message_id: nextMessage++,
+          message_id,
           date: Math.floor(Date.now() / 1000),
-          chat: { id: Number(chatId), type: 'supergroup', title: 'Vendors' },
+          chat,
           from: { id: userId, is_bot: false, first_name: firstName ?? 'Vendor' },
           text,
           ...(entities ? { entities } : {}),
+          ...(replyTo !== undefined
+            ? {
+                reply_to_message: {
+                  message_id: replyTo,
+                  date: Math.floor(Date.now() / 1000),
+                  chat,
+                  ...(replied?.fromBot !== false ? { from: { id: botId, is_bot: true, first_name: 'hotlead', username: 'hotlead_test_bot' } } : { from: { id: userId, is_bot: false, first_name: firstName ?? 'Vendor' } }),
+                  text: replied?.text ?? '',
+                },
+              }
+            : {}),
         },
       });
+    },
+    async nextBotMessage(chatId, afterMessageId, pred = () => true, timeoutMs) {
+      const find = () => fake.chatMessages(chatId).find((m) => m.fromBot && m.message_id > afterMessageId && pred(m));
+      await fake.waitFor(() => find() !== undefined, timeoutMs);
+      return find()!;
+    },
+    lastMessageId(chatId) {
+      return fake.chatMessages(chatId).at(-1)?.message_id ?? 0;
+    },
+    deleteMessage(chatId, messageId) {
+      messages.delete(`${chatId}:${messageId}`);
+    },
+    get status429() {
+      return status429;
+    },
+    messageTimes,
+    setLimits(l) {
+      limits = l;
     },
     failNext(method, times, retryAfter = 1) {
       failures.set(method, { times, retryAfter });
@@ -211,6 +356,12 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number }
     },
     chatMessages(chatId) {
       return [...messages.values()].filter((m) => m.chat_id === chatId).sort((a, b) => a.message_id - b.message_id);
+    },
+    cards(chatId) {
+      return fake.chatMessages(chatId).filter((m) => m.fromBot && /^\S+ <b>#\d+<\/b>|^\S+ #\d+ ·/.test(m.text));
+    },
+    cardOf(chatId, leadId) {
+      return fake.cards(chatId).find((m) => new RegExp(`#${leadId}(?!\\d)`).test(m.text.split('\n')[0] ?? ''));
     },
     async waitFor(pred, timeoutMs = 15_000) {
       const until = Date.now() + timeoutMs;

@@ -32,6 +32,8 @@ export interface FakeVoximplantApiOptions {
   smsNumbers?: string[];
   /** Clock for JWT expiry checks. */
   now?: () => Date;
+  /** Called as each request arrives (body read, before it is answered); the bench times calls with it. */
+  onRequest?: (r: RecordedRequest) => void;
 }
 
 export interface RecordedRequest {
@@ -113,6 +115,7 @@ export class FakeVoximplantApi {
   private readonly ruleIds: Set<string>;
   private readonly smsNumbers: Set<string>;
   private readonly now: () => Date;
+  private readonly onRequest: ((r: RecordedRequest) => void) | undefined;
   private readonly scripted: Array<{ cmd: string; answer: ScriptedAnswer }> = [];
   private readonly sockets = new Set<Socket>();
   private server: Server | undefined;
@@ -129,6 +132,7 @@ export class FakeVoximplantApi {
     this.ruleIds = new Set(opts.ruleIds ?? ['7001']);
     this.smsNumbers = new Set(opts.smsNumbers ?? ['74950000000']);
     this.now = opts.now ?? (() => new Date());
+    this.onRequest = opts.onRequest;
   }
 
   static async start(opts: FakeVoximplantApiOptions = {}): Promise<FakeVoximplantApi> {
@@ -211,6 +215,7 @@ export class FakeVoximplantApi {
       auth: 'none',
     };
     this.requests.push(record);
+    this.onRequest?.(record);
 
     const scripted = this.takeScripted(cmd);
     if (scripted?.kind === 'drop') {

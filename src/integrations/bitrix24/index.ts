@@ -1,0 +1,11 @@
+export { createBitrix24Client, webhookBase, BATCH_LIMIT } from './client.js';
+export type { Bitrix24Client, Bitrix24Options, Bitrix24Auth, WebhookAuth, OAuthAuth } from './client.js';
+export { createMemoryTokenStore, DEFAULT_OAUTH_URL } from './oauth.js';
+export type { TokenStore, StoredTokens, MemoryTokenStore, OAuthSettings } from './oauth.js';
+export { parsePartnerStrategy } from './partner.js';
+export type { PartnerStrategy, PartnerInfo } from './partner.js';
+export { parseFieldMap, parseStatusMap, DEFAULT_TITLE_TEMPLATE, DEFAULT_SOURCE_ID, ORIGINATOR_ID } from './lead-fields.js';
+export { createRateLimiter } from './rate-limiter.js';
+export type { RateLimiter, RateLimiterOptions } from './rate-limiter.js';
+export { DEFAULT_RETRY } from './transport.js';
+export type { RetryPolicy } from './transport.js';
