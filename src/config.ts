@@ -2,6 +2,7 @@ import { readFileSync, existsSync } from 'node:fs';
 import { parseEnv } from 'node:util';
 import { z } from 'zod';
 import { parseDailyHours, parseWeeklyHours } from './domain/calling-window.js';
+import { parseDuration } from './domain/duration.js';
 import { parseFieldMap, parsePartnerStrategy, parseStatusMap, type PartnerStrategy } from './integrations/bitrix24/index.js';
 import type { CrmFinalState } from './integrations/types.js';
 import { parseServiceAccountCredentials, type VoximplantServiceAccount } from './integrations/voximplant/jwt.js';
@@ -15,31 +16,13 @@ import { parseRateLimit, parseTrustProxy, type RateLimitRule } from './http/rate
  * Variable names are public (DESIGN.md, README); change them only together.
  */
 
-const DURATION_RE = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** '90s' | '30m' | '2h' | '1h30m' -> ms */
-export function parseDurationMs(input: string): number {
-  const s = input.trim();
-  if (/^\d+$/.test(s)) return Number(s) * 1000;
-  let total = 0;
-  let rest = s;
-  while (rest.length > 0) {
-    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)/.exec(rest);
-    if (!m) throw new Error(`'${input}' is not a duration; expected e.g. '90s', '30m', '2h', '1h30m'`);
-    total += Number(m[1]) * UNIT_MS[m[2]!]!;
-    rest = rest.slice(m[0].length);
-  }
-  return Math.round(total);
-}
-
 const duration = (def: string) =>
   z
     .string()
     .default(def)
     .transform((v, ctx) => {
       try {
-        const ms = parseDurationMs(v);
+        const ms = parseDuration(v);
         if (ms <= 0) throw new Error(`'${v}' must be longer than zero`);
         return ms;
       } catch (e) {
@@ -47,6 +30,17 @@ const duration = (def: string) =>
         return z.NEVER;
       }
     });
+
+/** A zod check that runs a domain parser and reports its message. */
+function parsedBy(parse: (v: string) => unknown) {
+  return (v: string, ctx: z.RefinementCtx) => {
+    try {
+      parse(v);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    }
+  };
+}
 
 const optionalString = z
   .string()
@@ -137,9 +131,12 @@ const envSchema = z.object({
   CRM_PROVIDER: z.enum(['bitrix24', 'sandbox']).optional(),
   TELEPHONY_PROVIDER: z.enum(['voximplant', 'sandbox']).optional(),
 
-  BUSINESS_TIMEZONE: z.string().default('Europe/Moscow'),
-  BUSINESS_HOURS: z.string().default('mon-sun 09:00-21:00'),
-  CUSTOMER_HOURS: z.string().default('09:00-21:00'),
+  BUSINESS_TIMEZONE: z
+    .string()
+    .default('Europe/Moscow')
+    .refine((v) => isValidZone(v), { message: 'is not an IANA time zone such as Europe/Moscow' }),
+  BUSINESS_HOURS: z.string().default('mon-sun 09:00-21:00').superRefine(parsedBy(parseWeeklyHours)),
+  CUSTOMER_HOURS: z.string().default('09:00-21:00').superRefine(parsedBy(parseDailyHours)),
   NIGHT_SLEEP: duration('2h'),
   RETRY_DELAY: duration('30m'),
   CALLBACK_TIMEOUT: duration('10m'),
@@ -286,7 +283,6 @@ export function loadConfig(env: Env): Config {
   }
   const e = parsed.data;
 
-  if (!isValidZone(e.BUSINESS_TIMEZONE)) problems.push(`BUSINESS_TIMEZONE: '${e.BUSINESS_TIMEZONE}' is not an IANA time zone such as Europe/Moscow`);
 
   // CRM
   const oauthFields = [e.BITRIX24_PORTAL_URL, e.BITRIX24_CLIENT_ID, e.BITRIX24_CLIENT_SECRET];
@@ -342,17 +338,6 @@ export function loadConfig(env: Env): Config {
     validateTemplates({ ...DEFAULT_SMS_TEMPLATES[e.SMS_LANGUAGE], ...smsTemplates }, e.SMS_MAX_SEGMENTS, { shop: e.SHOP_NAME, promotion: e.SMS_PROMOTION });
   } catch (err) {
     problems.push(`SMS_TEMPLATE_* / SHOP_NAME / SMS_PROMOTION: ${(err as Error).message}`);
-  }
-
-  for (const [name, spec, parse] of [
-    ['BUSINESS_HOURS', e.BUSINESS_HOURS, parseWeeklyHours],
-    ['CUSTOMER_HOURS', e.CUSTOMER_HOURS, parseDailyHours],
-  ] as const) {
-    try {
-      parse(spec);
-    } catch (err) {
-      problems.push(`${name}: ${(err as Error).message}`);
-    }
   }
 
   if (e.TELEGRAM_WEBHOOK_SECRET !== undefined && e.PUBLIC_URL === undefined)
