@@ -25,11 +25,17 @@ COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY drizzle ./drizzle
 COPY voximplant ./voximplant
+# Code and dependencies stay owned by root (read-only for the service); only the
+# PGlite folder is the service's.
 RUN mkdir -p /data && chown node:node /data
 USER node
 VOLUME ["/data"]
 EXPOSE 3000
+# Liveness. Balancers should use GET /readyz (database reachable, not draining).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/healthz').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"
+# tini (PID 1) forwards SIGTERM to node and reaps; hotlead drains within 10 s, so give
+# `docker stop` a little more than that (compose: stop_grace_period: 15s).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["node", "dist/main.js"]

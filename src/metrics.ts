@@ -242,6 +242,7 @@ export function createMetrics(deps: MetricsDeps) {
     registry,
     contentType: registry.contentType,
     async text(): Promise<{ contentType: string; body: string }> {
+      pending = null; // one fresh database read per scrape, shared by the gauges
       return { contentType: registry.contentType, body: await registry.metrics() };
     },
 

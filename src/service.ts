@@ -132,7 +132,11 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
   const tg = config.telegram;
   const botEnabled = tg.botToken !== undefined && tg.vendorChatIds.length > 0;
   const cardChats = botEnabled ? tg.vendorChatIds : ['log'];
+  // Without a bot, lead cards go to the log at 'info'; below that level nobody sees them,
+  // so none are queued or rendered (several database round trips per change of every lead).
+  const leadCardChats = botEnabled || log.isLevelEnabled('info') ? cardChats : [];
 
+  const leadLog = log.child({ room: 'engine' });
   const metrics = createMetrics({ db, log: log.child({ room: 'metrics' }), defaultMetrics: opts.defaultMetrics });
   const phoneCaps = createPhoneCaps({
     db,
@@ -170,12 +174,15 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
     crm: metrics.instrumentCrm(crm),
     telephony: metrics.instrumentTelephony(telephony),
     phoneCaps,
-    onTransition: (t) => metrics.transition(t),
+    onTransition: (t) => {
+      metrics.transition(t);
+      leadLog.debug(t, 'lead moved');
+    },
     onFirstCall: (ms) => metrics.firstCall(ms),
     incidents,
     smsText,
     language: tg.language,
-    cardChats,
+    cardChats: leadCardChats,
     pollMs: config.enginePollMs,
     concurrency: opts.effectConcurrency,
     leaseMs: opts.effectLeaseMs,

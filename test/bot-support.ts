@@ -18,6 +18,16 @@ import { startFakeTelegram, type FakeLimits, type FakeMessage, type FakeTelegram
 export const CHAT = '-1001234567890';
 export const OPERATOR = 42;
 
+let phoneSeq = 0;
+/**
+ * A fresh usable number ending in `last` (the sandbox's outcome digit: 5 never answers,
+ * 0 answers, 2 no answer...). Distinct numbers keep leads clear of the per-phone daily caps.
+ */
+export function uniquePhone(last = 5): string {
+  phoneSeq++;
+  return `+7916${String(100000 + ((process.pid * 7919 + phoneSeq) % 900000)).padStart(6, '0')}${last}`;
+}
+
 export interface ConsoleOptions {
   env?: Env;
   clock?: Clock;
@@ -157,7 +167,8 @@ export async function startConsole(backend: 'pglite' | 'postgres', opts: Console
     },
     async insertLead(f) {
       const now = clock.now();
-      const phone = f.phone === undefined ? '+79161230005' : f.phone;
+      // The default (or the placeholder +79161230005) becomes a number of its own.
+      const phone = f.phone === undefined || f.phone === '+79161230005' ? uniquePhone() : f.phone;
       const rows = await db.query<{ id: number }>(sql`
         insert into leads (state, crm_status, name, phone, phone_raw, phone_corrected, next_run_at, created_at, updated_at, first_call_at)
         values (${f.state ?? 'manual'}, ${f.crmStatus ?? 'created'}, ${f.name ?? 'Test'}, ${phone},

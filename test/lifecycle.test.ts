@@ -409,6 +409,31 @@ for (const backend of BACKENDS) {
       await leadIn('confirmed', id);
     });
 
+    it("an operator's Call now that telephony refused (out of money) is tried again as Call now, not put off until morning", async () => {
+      await nextDay('23:20');
+      const phone = newPhone();
+      const id = await h.lead({ name: 'Kira', phone });
+      await h.drain();
+      await leadIn('night_wait', id);
+      expect(h.sms(phone)).toEqual(['night']);
+      h.vox.answerNext('StartScenarios', voxAnswers.money());
+      await h.service.engine.operator(id, 'call_now', { id: 'tg:42', name: 'Olga' });
+      await h.drain();
+      let l = await leadIn('dial_pending', id);
+      expect(l.events.at(-1)).toMatchObject({ from: 'calling', to: 'dial_pending', reason: 'telephony_blocked' });
+      await h.advance(5 * MIN);
+      l = await leadIn('calling', id);
+      expect(l.events.at(-1)).toMatchObject({ from: 'dial_pending', to: 'calling', reason: 'call_now' });
+      expect(h.calls(phone)).toHaveLength(2);
+      await h.result(h.calls(phone)[1]!, 'no_answer');
+      await h.drain();
+      // The Call now is done: the next try waits for the window as usual.
+      await h.advance(30 * MIN);
+      l = await leadIn('night_wait', id);
+      expect(h.calls(phone)).toHaveLength(2);
+      expect(h.sms(phone)).toEqual(['night']);
+    });
+
     it('no result within CALLBACK_TIMEOUT: manual; a result that comes later is recorded and changes nothing', async () => {
       await nextDay('10:00');
       const phone = newPhone();

@@ -13,7 +13,7 @@ import { normalizePhone, type CountryCode } from '../domain/phone.js';
 import { getLead, getLeadEvents } from '../db/queries.js';
 import { dialogActions, escapeHtml, formatTime, renderCard, type CardButton, type DialogKind } from './card.js';
 import { MessageGoneError, type TelegramTransport } from './outbox.js';
-import { activeLeads, dayStats, leadsNeedingPerson, queueText, refreshActiveCards, type LeadLine } from './queries.js';
+import { activeLeads, dayStats, leadsNeedingPerson, queueText, refreshActiveCards, requeuePausedLeads, type LeadLine } from './queries.js';
 import { formatScheduleTime, parseScheduleTime } from './schedule-time.js';
 import { createSessionStorage, NO_KEY } from './session-storage.js';
 import { botCommands, TEXTS } from './texts.js';
@@ -211,6 +211,11 @@ export function createBot(deps: BotDeps) {
     }),
   );
 
+  /** Reply parameters that thread an answer to the message that asked (when there is one). */
+  function threadTo(ctx: Context) {
+    return ctx.message ? { reply_parameters: { message_id: ctx.message.message_id, allow_sending_without_reply: true } } : {};
+  }
+
   type Parse<T> = (text: string) => { ok: true; value: T } | { ok: false; hint: string };
 
   function forceReply(placeholder: string) {
@@ -222,9 +227,15 @@ export function createBot(deps: BotDeps) {
    * an answer (a button, another command, chatter in the group) goes on to the rest of
    * the bot; the dialog stays where it is.
    */
-  async function ask<T>(conversation: DialogConversation, ctx: Context, actor: Actor, prompt: string, placeholder: string, parse: Parse<T>): Promise<T | null> {
-    const replyTo = ctx.message ? { reply_parameters: { message_id: ctx.message.message_id, allow_sending_without_reply: true } } : {};
-    await ctx.reply(`${mention(actor)}, ${prompt}\n<i>${t.cancelHint}</i>`, { parse_mode: 'HTML', reply_markup: forceReply(placeholder), ...replyTo });
+  async function ask<T>(
+    conversation: DialogConversation,
+    ctx: Context,
+    actor: Actor,
+    prompt: string,
+    placeholder: string,
+    parse: Parse<T>,
+  ): Promise<{ value: T; answer: { reply_parameters: { message_id: number; allow_sending_without_reply: true } } } | null> {
+    await ctx.reply(`${mention(actor)}, ${prompt}\n<i>${t.cancelHint}</i>`, { parse_mode: 'HTML', reply_markup: forceReply(placeholder), ...threadTo(ctx) });
     const group = ctx.chat?.type !== 'private';
     for (;;) {
       const c = await conversation.wait({ maxMilliseconds: dialogTimeout });
@@ -238,7 +249,7 @@ export function createBot(deps: BotDeps) {
       if (text.startsWith('/')) return await conversation.skip({ next: true });
       if (group && msg.reply_to_message?.from?.id !== c.me.id) return await conversation.skip({ next: true });
       const r = parse(text);
-      if (r.ok) return r.value;
+      if (r.ok) return { value: r.value, answer: { reply_parameters: { message_id: msg.message_id, allow_sending_without_reply: true } } };
       await c.reply(`${r.hint}\n<i>${t.cancelHint}</i>`, {
         parse_mode: 'HTML',
         reply_markup: forceReply(placeholder),
@@ -266,58 +277,64 @@ export function createBot(deps: BotDeps) {
 
   async function noteDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
     const lead = await conversation.external(() => brief(leadId));
-    if (!lead) return void (await ctx.reply(t.noLead));
-    const text = await ask(conversation, ctx, actor, t.askNote(leadLabel(lead)), t.placeholderNote, (s) =>
+    if (!lead) return void (await ctx.reply(t.noLead, threadTo(ctx)));
+    const got = await ask(conversation, ctx, actor, t.askNote(leadLabel(lead)), t.placeholderNote, (s) =>
       s.length === 0 ? { ok: false, hint: t.noteEmpty } : s.length > NOTE_MAX ? { ok: false, hint: t.noteTooLong(NOTE_MAX) } : { ok: true, value: s },
     );
-    if (text === null) return;
+    if (got === null) return;
+    const text = got.value;
     const ok = await conversation.external(async () => {
       const r = await deps.engine.addNote(leadId, text, actor);
       if (r) notifyChange();
       return r;
     });
-    await ctx.reply(ok ? t.noteSaved(leadId) : t.noLead);
+    await ctx.reply(ok ? t.noteSaved(leadId) : t.noLead, got.answer);
   }
 
   async function phoneDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
     const lead = await conversation.external(() => brief(leadId));
-    if (!lead) return void (await ctx.reply(t.noLead));
+    if (!lead) return void (await ctx.reply(t.noLead, threadTo(ctx)));
     const current = lead.phone ? `<code>${lead.phone}</code>` : escapeHtml(lead.phoneRaw.slice(0, 64));
-    const phone = await ask(conversation, ctx, actor, t.askPhone(leadLabel(lead), current), t.placeholderPhone, (s) => {
+    const got = await ask(conversation, ctx, actor, t.askPhone(leadLabel(lead), current), t.placeholderPhone, (s) => {
       if (s.length > 64) return { ok: false, hint: t.phoneBad('too long') };
       const n = normalizePhone(s, deps.defaultCountry as CountryCode);
       return n.e164 ? { ok: true, value: { e164: n.e164, raw: s } } : { ok: false, hint: t.phoneBad(n.reason ?? 'invalid number') };
     });
-    if (phone === null) return;
+    if (got === null) return;
+    const phone = got.value;
     const r = await conversation.external(async () => {
       const res = await deps.engine.apply(leadId, { type: 'phone_corrected', phone: phone.e164 }, actor, { phone: phone.e164, phone_raw: phone.raw });
       if (res) notifyChange();
       return res;
     });
-    if (!r) return void (await ctx.reply(t.noLead));
-    await ctx.reply(r.state === 'dial_pending' ? t.phoneSavedDialling(leadId, phone.e164) : t.phoneSaved(leadId, phone.e164, r.state), { parse_mode: 'HTML' });
+    if (!r) return void (await ctx.reply(t.noLead, got.answer));
+    await ctx.reply(r.state === 'dial_pending' ? t.phoneSavedDialling(leadId, phone.e164) : t.phoneSaved(leadId, phone.e164, r.state), {
+      parse_mode: 'HTML',
+      ...got.answer,
+    });
   }
 
   async function scheduleDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
     const lead = await conversation.external(() => brief(leadId));
-    if (!lead) return void (await ctx.reply(t.noLead));
-    if (!allowedActions(lead).includes('call_now')) return void (await ctx.reply(t.scheduleNotPossible(lead.state)));
+    if (!lead) return void (await ctx.reply(t.noLead, threadTo(ctx)));
+    if (!allowedActions(lead).includes('call_now')) return void (await ctx.reply(t.scheduleNotPossible(lead.state), threadTo(ctx)));
     const nowMs = await conversation.external(() => clock.now().getTime());
     const example = DateTime.fromMillis(nowMs).setZone(deps.timezone).plus({ days: 2 }).toFormat('dd.LL') + ' 11:00';
-    const at = await ask(conversation, ctx, actor, t.askSchedule(leadLabel(lead), deps.timezone, example), t.placeholderTime, (s) => {
+    const got = await ask(conversation, ctx, actor, t.askSchedule(leadLabel(lead), deps.timezone, example), t.placeholderTime, (s) => {
       const p = parseScheduleTime(s, new Date(nowMs), deps.timezone, SCHEDULE_MAX_DAYS);
       if (p.ok) return { ok: true, value: p.at.getTime() };
       return { ok: false, hint: p.error === 'past' ? t.schedulePast : p.error === 'too_far' ? t.scheduleTooFar(SCHEDULE_MAX_DAYS) : t.scheduleBad };
     });
-    if (at === null) return;
+    if (got === null) return;
+    const at = got.value;
     const r = await conversation.external(async () => {
       const res = await deps.engine.scheduleCall(leadId, new Date(at), actor);
       if (res) notifyChange();
       return res;
     });
-    if (!r) return void (await ctx.reply(t.noLead));
-    if (!r.applied) return void (await ctx.reply(t.scheduleNotPossible(r.state)));
-    await ctx.reply(t.scheduled(leadId, formatScheduleTime(new Date(at), deps.timezone), deps.timezone), { parse_mode: 'HTML' });
+    if (!r) return void (await ctx.reply(t.noLead, got.answer));
+    if (!r.applied) return void (await ctx.reply(t.scheduleNotPossible(r.state), got.answer));
+    await ctx.reply(t.scheduled(leadId, formatScheduleTime(new Date(at), deps.timezone), deps.timezone), { parse_mode: 'HTML', ...got.answer });
   }
 
   const DIALOG_IDS: Record<DialogKind, string> = { note: 'note', phone: 'phone', sched: 'schedule' };
@@ -346,6 +363,16 @@ export function createBot(deps: BotDeps) {
       await ctx.answerCallbackQuery({ text: t.stale });
       return;
     }
+    try {
+      await onPress(ctx, p, ulog);
+    } catch (err) {
+      // The press is always answered (else the button spins); the error goes to the log.
+      ulog.error({ err, data }, 'button press failed');
+      await ctx.answerCallbackQuery({ text: t.failed, show_alert: true }).catch(() => {});
+    }
+  });
+
+  async function onPress(ctx: BotContext & { from: { id: number; first_name: string } }, p: CallbackPayload, ulog: Logger): Promise<void> {
     switch (p.type) {
       case 'lead': {
         const actor = actorOf(ctx.from);
@@ -383,9 +410,14 @@ export function createBot(deps: BotDeps) {
         return;
       }
     }
-  });
+  }
 
   // ------------------------------------------------------------ commands
+
+  /** Answers a command as a reply to it (in a busy group the answer is threaded to the asker). */
+  function answer(ctx: Context, text: string, other: Parameters<Context['reply']>[1] = {}) {
+    return ctx.reply(text, { ...threadTo(ctx), ...other });
+  }
 
   function leadLine(l: LeadLine): string {
     const when = l.call_now && l.next_run_at ? ` 🕒 ${formatTime(new Date(l.next_run_at), deps.timezone)}` : '';
@@ -406,7 +438,7 @@ export function createBot(deps: BotDeps) {
     (fn: (ctx: BotContext & { match: string }) => Promise<unknown>) =>
     async (ctx: BotContext & { match: string }): Promise<void> => {
       if (!(await mayRead(ctx))) {
-        await ctx.reply(t.notHere);
+        await answer(ctx, t.notHere);
         return;
       }
       await fn(ctx);
@@ -418,7 +450,7 @@ export function createBot(deps: BotDeps) {
     async (ctx: BotContext & { match: string }): Promise<void> => {
       if (!ctx.from || !(await isOperator(ctx.from.id))) {
         log.warn({ user: ctx.from?.id, text: ctx.message?.text?.slice(0, 40) }, 'command refused: not an operator');
-        await ctx.reply(t.notAllowed);
+        await answer(ctx, t.notAllowed);
         return;
       }
       await fn(ctx);
@@ -426,33 +458,33 @@ export function createBot(deps: BotDeps) {
 
   bot.command('start', (ctx) => {
     const title = 'title' in ctx.chat && ctx.chat.title ? escapeHtml(ctx.chat.title) : undefined;
-    return ctx.reply(t.start(ctx.chat.id, title), { parse_mode: 'HTML' });
+    return answer(ctx, t.start(ctx.chat.id, title), { parse_mode: 'HTML' });
   });
-  bot.command('help', (ctx) => ctx.reply(t.help, { parse_mode: 'HTML' }));
+  bot.command('help', (ctx) => answer(ctx, t.help, { parse_mode: 'HTML' }));
 
   bot.command(
     'leads',
     reader(async (ctx) => {
       const page = await activeLeads(db);
-      return ctx.reply(listing(t.leadsHeader(page.total), t.leadsNone, page), { parse_mode: 'HTML' });
+      return answer(ctx, listing(t.leadsHeader(page.total), t.leadsNone, page), { parse_mode: 'HTML' });
     }),
   );
   bot.command(
     'manual',
     reader(async (ctx) => {
       const page = await leadsNeedingPerson(db);
-      return ctx.reply(listing(t.manualHeader(page.total), t.manualNone, page), { parse_mode: 'HTML' });
+      return answer(ctx, listing(t.manualHeader(page.total), t.manualNone, page), { parse_mode: 'HTML' });
     }),
   );
   bot.command(
     'lead',
     reader(async (ctx) => {
       const id = parseLeadId(ctx.match);
-      if (id === null) return ctx.reply(t.usage('lead'), { parse_mode: 'HTML' });
+      if (id === null) return answer(ctx, t.usage('lead'), { parse_mode: 'HTML' });
       const lead = await getLead(db, id);
-      if (!lead) return ctx.reply(t.noLead);
+      if (!lead) return answer(ctx, t.noLead);
       const card = renderCard(lead, await getLeadEvents(db, id, 15), { lang: deps.language, timezone: deps.timezone, paused: deps.engine.isPaused(), events: 15 }, clock.now());
-      return ctx.reply(card.text, { parse_mode: 'HTML', link_preview_options: { is_disabled: true }, ...(card.buttons.length ? { reply_markup: keyboard(card.buttons) } : {}) });
+      return answer(ctx, card.text, { parse_mode: 'HTML', link_preview_options: { is_disabled: true }, ...(card.buttons.length ? { reply_markup: keyboard(card.buttons) } : {}) });
     }),
   );
   bot.command(
@@ -464,14 +496,14 @@ export function createBot(deps: BotDeps) {
       if (s.total > 0) lines.push(CONTACT_STATES.map((st) => `${st} ${s.byState[st]}`).join(' · ') + (s.crmErrors ? ` · CRM error ${s.crmErrors}` : ''));
       lines.push(s.medianFirstCallSec === null ? t.statsNoCalls : t.statsMedian(duration(s.medianFirstCallSec, deps.language), s.called));
       if (deps.engine.isPaused()) lines.push(t.pausedLine);
-      return ctx.reply(lines.join('\n'), { parse_mode: 'HTML' });
+      return answer(ctx, lines.join('\n'), { parse_mode: 'HTML' });
     }),
   );
 
   async function pauseOrResume(ctx: BotContext, pause: boolean): Promise<void> {
     const actor = actorOf(ctx.from!);
     if (deps.engine.isPaused() === pause) {
-      await ctx.reply(pause ? t.alreadyPaused : t.alreadyResumed);
+      await answer(ctx, pause ? t.alreadyPaused : t.alreadyResumed);
       return;
     }
     await deps.engine.setPaused(pause, actor);
@@ -480,9 +512,10 @@ export function createBot(deps: BotDeps) {
     const now = clock.now();
     // The other vendor chats hear it through the outbox; this chat gets the answer now.
     await queueText(db, now, deps.vendorChatIds.filter((c) => c !== String(ctx.chat!.id)), text);
+    if (!pause) await requeuePausedLeads(db, now);
     await refreshActiveCards(db, now, deps.vendorChatIds);
     notifyChange();
-    await ctx.reply(text, { parse_mode: 'HTML' });
+    await answer(ctx, text, { parse_mode: 'HTML' });
   }
 
   bot.command('pause', operatorOnly((ctx) => pauseOrResume(ctx, true)));
@@ -497,15 +530,15 @@ export function createBot(deps: BotDeps) {
       cmd,
       operatorOnly(async (ctx) => {
         const id = parseLeadId(ctx.match);
-        if (id === null) return ctx.reply(t.usage(cmd), { parse_mode: 'HTML' });
-        if (!(await getLead(db, id))) return ctx.reply(t.noLead);
+        if (id === null) return answer(ctx, t.usage(cmd), { parse_mode: 'HTML' });
+        if (!(await getLead(db, id))) return answer(ctx, t.noLead);
         return startDialog(ctx, kind, id);
       }),
     );
   }
 
   // A /cancel that reached here found no open dialog (an open one takes it first).
-  bot.command('cancel', (ctx) => ctx.reply(t.nothingToCancel));
+  bot.command('cancel', (ctx) => answer(ctx, t.nothingToCancel));
 
   bot.catch((err) => log.error({ err: err.error, update: err.ctx.update.update_id }, 'bot handler failed'));
 
@@ -513,7 +546,8 @@ export function createBot(deps: BotDeps) {
 
   // Its own Api without auto-retry: the outbox honours retry_after itself, per chat, in
   // the database (shared by instances, kept across restarts) instead of sleeping here.
-  const outApi = new Api(deps.token, clientOpts);
+  // A hung request must end well within the outbox's lease (30 s) on the row and the chat.
+  const outApi = new Api(deps.token, { ...clientOpts, timeoutSeconds: 20 });
   const transport: TelegramTransport = {
     async sendMessage(chatId, text, buttons) {
       const m = await outApi.sendMessage(chatId, text, {
@@ -539,10 +573,19 @@ export function createBot(deps: BotDeps) {
   };
 
   let polling: Promise<void> | null = null;
+  let pruner: NodeJS.Timeout | null = null;
+
+  /** Dialogs nobody finished (what people typed into them included) do not stay for long. */
+  async function pruneDialogs(): Promise<void> {
+    const n = await sessions.prune(new Date(clock.now().getTime() - Math.max(dialogTimeout, 60_000) * 2));
+    if (n > 0) log.info({ dialogs: n }, 'abandoned dialogs dropped');
+  }
 
   async function prepare(): Promise<void> {
     await bot.init();
-    await sessions.prune(new Date(clock.now().getTime() - Math.max(dialogTimeout, 60_000) * 4)).catch((err) => log.warn({ err }, 'old dialogs not pruned'));
+    await pruneDialogs().catch((err) => log.warn({ err }, 'old dialogs not pruned'));
+    pruner = setInterval(() => void pruneDialogs().catch((err) => log.warn({ err }, 'old dialogs not pruned')), 10 * 60_000);
+    pruner.unref();
     await bot.api.setMyCommands(botCommands(deps.language)).catch((err) => log.warn({ err }, 'setMyCommands failed'));
   }
 
@@ -566,6 +609,7 @@ export function createBot(deps: BotDeps) {
       return webhookCallback(bot, 'hono', { secretToken: secret });
     },
     async stop(): Promise<void> {
+      if (pruner) clearInterval(pruner);
       if (bot.isRunning()) await bot.stop();
       await polling?.catch(() => {});
     },

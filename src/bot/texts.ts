@@ -10,6 +10,7 @@ export interface Texts {
   requeued(n: number): string;
   noIncident: string;
   stale: string;
+  failed: string;
   start(chat: number | string, title: string | undefined): string;
   help: string;
   usage(cmd: string): string;
@@ -59,6 +60,7 @@ const EN: Texts = {
   requeued: (n) => `Re-queued ${n} item(s).`,
   noIncident: 'No such incident.',
   stale: 'This button is out of date.',
+  failed: 'That did not work (the error is logged). Try again in a moment.',
   start: (chat, title) =>
     `<b>hotlead</b>: every lead from the shop's site goes to the CRM and gets a robot call within seconds; ` +
     `its live card is posted in the vendor chat, where operators can retry, take over or call now.\n\n` +
@@ -130,6 +132,7 @@ const RU: Texts = {
   requeued: (n) => `Снова в очереди: ${n}.`,
   noIncident: 'Нет такого инцидента.',
   stale: 'Эта кнопка устарела.',
+  failed: 'Не получилось (ошибка записана в лог). Попробуйте ещё раз чуть позже.',
   start: (chat, title) =>
     `<b>hotlead</b>: каждый лид с сайта магазина попадает в CRM, и робот звонит клиенту за секунды; ` +
     `живая карточка лида появляется в чате продавцов, где операторы могут повторить, взять вручную или позвонить сейчас.\n\n` +

@@ -146,7 +146,13 @@ export const effects = pgTable(
   },
   (t) => [
     uniqueIndex('effects_idem_uq').on(t.idemKey),
-    index('effects_due_idx').on(t.runAt).where(sql`${t.status} in ('pending', 'running')`),
+    // One due index per effect lane (the claim query of each lane says the same): a lane
+    // never scans past the other lane's backlog (100,000 CRM creates waiting must not
+    // slow every claim of a call down).
+    index('effects_due_telephony_idx')
+      .on(t.runAt, t.id)
+      .where(sql`${t.status} in ('pending', 'running') and (${t.kind} like 'call.%' or ${t.kind} like 'sms.%')`),
+    index('effects_due_crm_idx').on(t.runAt, t.id).where(sql`${t.status} in ('pending', 'running') and ${t.kind} like 'crm.%'`),
     index('effects_lead_idx').on(t.leadId),
   ],
 );

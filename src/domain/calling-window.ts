@@ -193,9 +193,26 @@ function parseClock(text: string, isEnd: boolean, fail: (detail: string) => neve
 // ---------------------------------------------------------------------------
 // Time zones
 
+/**
+ * Answers of Intl about zones, kept for the process's lifetime: its time zone data
+ * cannot change while the process runs, and every lookup costs tens of microseconds
+ * (a new DateTimeFormat, formatToParts). Bounded: emptied when it grows past a limit.
+ * A pure function's memo, not state: the answers are the same with or without it.
+ */
+const INTL_MEMO_LIMIT = 50_000;
+const zoneValidity = new Map<string, boolean>();
+const zoneOffsets = new Map<string, number>();
+
 /** True for an IANA zone name the runtime knows (`Europe/Moscow`, `UTC`); false for blanks, offsets, junk. */
 export function isValidTimeZone(tz: string): boolean {
-  return typeof tz === 'string' && tz.trim() !== '' && tz.length <= 64 && IANAZone.isValidZone(tz);
+  if (typeof tz !== 'string' || tz.trim() === '' || tz.length > 64) return false;
+  let ok = zoneValidity.get(tz);
+  if (ok === undefined) {
+    ok = IANAZone.isValidZone(tz);
+    if (zoneValidity.size >= INTL_MEMO_LIMIT) zoneValidity.clear();
+    zoneValidity.set(tz, ok);
+  }
+  return ok;
 }
 
 interface Zone {
@@ -203,16 +220,21 @@ interface Zone {
   offset(t: number): number;
 }
 
-/** A zone whose offsets are remembered for the length of one computation (Intl lookups are slow). */
+/**
+ * A zone whose offsets are remembered (Intl lookups are slow). The instants asked about
+ * are window edges (local midnight plus a range's start or end, a day either side), so
+ * consecutive computations ask about the same few instants again.
+ */
 function zone(name: string): Zone {
   const z = IANAZone.create(name);
-  const memo = new Map<number, number>();
   return {
     offset(t) {
-      let o = memo.get(t);
+      const key = `${name}|${t}`;
+      let o = zoneOffsets.get(key);
       if (o === undefined) {
         o = z.offset(t) * MINUTE_MS;
-        memo.set(t, o);
+        if (zoneOffsets.size >= INTL_MEMO_LIMIT) zoneOffsets.clear();
+        zoneOffsets.set(key, o);
       }
       return o;
     },

@@ -127,7 +127,7 @@ const ROWS: Row[] = [
     name: 'dial_pending: inside the window, the first call',
     lead: { state: 'dial_pending' },
     event: TICK,
-    expect: { state: 'calling', runAt: at(DAY, 10 * MIN), effects: ['call.start#1'], reason: 'window_open', patch: { attempts: 1, callNow: false } },
+    expect: { state: 'calling', runAt: at(DAY, 10 * MIN), effects: ['call.start#1'], reason: 'window_open', patch: { attempts: 1 } },
   },
   {
     name: 'dial_pending: inside the window after an unanswered call, a redial',
@@ -195,7 +195,8 @@ const ROWS: Row[] = [
     event: TICK,
     now: NIGHT,
     policy: { paused: true },
-    expect: { state: 'calling', runAt: at(NIGHT, 10 * MIN), effects: ['call.start#4'], reason: 'call_now', patch: { attempts: 4, callNow: false } },
+    // Call now stays set while the call is under way (cleared when it ends).
+    expect: { state: 'calling', runAt: at(NIGHT, 10 * MIN), effects: ['call.start#4'], reason: 'call_now', patch: { attempts: 4 } },
   },
   {
     name: 'dial_pending: the attempt budget used up, handed over',
@@ -236,7 +237,7 @@ const ROWS: Row[] = [
       runAt: null,
       effects: ['crm.comment:call_result', 'sms.send:confirmation', 'crm.final:confirmed'],
       reason: 'answered',
-      patch: { currentAttemptId: null },
+      patch: { currentAttemptId: null, callNow: false },
     },
   },
   {
@@ -316,7 +317,7 @@ const ROWS: Row[] = [
     name: 'calling: no result within CALLBACK_TIMEOUT -> manual',
     lead: calling(1),
     event: TICK,
-    expect: { state: 'manual', runAt: null, effects: ['crm.comment:no_call_result', 'crm.final:manual'], reason: 'no_call_result', patch: { currentAttemptId: null } },
+    expect: { state: 'manual', runAt: null, effects: ['crm.comment:no_call_result', 'crm.final:manual'], reason: 'no_call_result', patch: { currentAttemptId: null, callNow: false } },
   },
   {
     name: 'calling: a result for another (older) attempt changes nothing',
@@ -339,6 +340,18 @@ const ROWS: Row[] = [
     lead: calling(2),
     event: { type: 'call_start_failed', attemptId: 'A1', failure: 'blocked' },
     expect: { state: 'dial_pending', runAt: at(DAY, 5 * MIN), effects: [], reason: 'telephony_blocked', patch: { attempts: 1, currentAttemptId: null } },
+  },
+  {
+    name: "calling: blocked after an operator's Call now keeps the Call now for the re-check",
+    lead: calling(4, { callNow: true, budgetBase: 0 }),
+    event: { type: 'call_start_failed', attemptId: 'A1', failure: 'blocked' },
+    expect: { state: 'dial_pending', runAt: at(DAY, 5 * MIN), effects: [], reason: 'telephony_blocked', patch: { attempts: 3, currentAttemptId: null } },
+  },
+  {
+    name: 'calling: no answer to a Call now: the Call now is done, the next call waits as usual',
+    lead: calling(1, { callNow: true }),
+    event: result('no_answer'),
+    expect: { state: 'no_answer_wait', runAt: at(DAY, 30 * MIN), effects: ['crm.comment:call_result'], reason: 'no_answer', patch: { callNow: false } },
   },
   {
     name: 'calling: blocked never gives back more than the current budget holds',
@@ -715,8 +728,15 @@ describe('lead machine: properties over any lead and event', () => {
         if ((INACTIVE_STATES as readonly string[]).includes(lead.state) && !['operator', 'phone_corrected', 'call_scheduled'].includes(event.type)) {
           expect(a.state).toBe(lead.state);
         }
-        // Leaving `calling` always forgets the attempt (a late result is then recognised as late).
-        if (lead.state === 'calling' && a.state !== 'calling') expect(a.patch.currentAttemptId).toBeNull();
+        // Leaving `calling` always forgets the attempt (a late result is then recognised as late),
+        // and ends an operator's Call now, unless telephony refused to start it (tried again).
+        if (lead.state === 'calling' && a.state !== 'calling') {
+          expect(a.patch.currentAttemptId).toBeNull();
+          if (event.type === 'call_start_failed' && event.failure === 'blocked') expect(a.patch.callNow).toBeUndefined();
+          else if (!(event.type === 'phone_corrected')) expect(a.patch.callNow).toBe(false);
+        }
+        // A started call never clears Call now by itself.
+        if (a.state === 'calling' && lead.state !== 'calling') expect(a.patch.callNow).toBeUndefined();
         // A lead that waits always has a timer; a final one never does.
         if (!a.ignored && a.runAt !== 'keep') {
           if (['received', 'dial_pending', 'night_wait', 'no_answer_wait', 'calling'].includes(a.state)) expect(a.runAt).toBeInstanceOf(Date);

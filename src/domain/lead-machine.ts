@@ -227,7 +227,7 @@ function onTick(lead: LeadSnapshot, now: Date, policy: Policy): Decision {
           { kind: 'crm.comment', body: { note: 'no_call_result', attempt: lead.attempts } },
           { kind: 'crm.final', state: 'manual' },
         ],
-        patch: { currentAttemptId: null },
+        patch: { currentAttemptId: null, callNow: false },
         reason: 'no_call_result',
       };
     case 'confirmed':
@@ -244,7 +244,9 @@ function startCall(lead: LeadSnapshot, now: Date, policy: Policy, reason: string
     state: 'calling',
     runAt: addMs(now, policy.callbackTimeoutMs),
     effects: [{ kind: 'call.start', attemptNumber }],
-    patch: { attempts: attemptNumber, callNow: false },
+    // An operator's Call now stays set until the call has ended: a start that telephony
+    // refused (`blocked`) is tried again as Call now, not put back behind the window.
+    patch: { attempts: attemptNumber },
     reason,
   };
 }
@@ -303,6 +305,12 @@ function dial(lead: LeadSnapshot, now: Date, policy: Policy): Decision {
 
 function onCallResult(lead: LeadSnapshot, attemptId: string, outcome: CallOutcome, now: Date, policy: Policy): Decision {
   if (lead.state !== 'calling' || lead.currentAttemptId !== attemptId) return keep(lead, 'late_call_result');
+  const d = callEnded(lead, outcome, now, policy);
+  // The call is over: an operator's Call now has been done.
+  return { ...d, patch: { ...d.patch, callNow: false } };
+}
+
+function callEnded(lead: LeadSnapshot, outcome: CallOutcome, now: Date, policy: Policy): Decision {
   const note: Effect = { kind: 'crm.comment', body: { note: 'call_result', outcome, attempt: lead.attempts } };
   // The number may have been taken away during the call (corrected to an unusable one): no SMS then.
   const sms = (kind: SmsKind): Effect[] => (lead.phone === null ? [] : [{ kind: 'sms.send', sms: kind }]);

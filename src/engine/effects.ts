@@ -125,9 +125,24 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       .where(eq(effects.id, e.id));
   }
 
-  async function note(leadId: number, reason: string, data: Record<string, unknown>, track = 'note'): Promise<void> {
-    await db.orm.insert(leadEvents).values({ leadId, at: clock.now(), track, reason, actor: 'system', data });
-    await deps.enqueueCards(leadId);
+  /**
+   * Finishes the effect and writes its timeline note in one transaction: a crash in
+   * between would leave, say, an SMS called uncertain (never to be sent) with nothing
+   * in the timeline to say so.
+   */
+  async function finishWithNote(
+    e: Claimed,
+    result: Record<string, unknown>,
+    status: 'done' | 'dead',
+    reason: string,
+    data: Record<string, unknown>,
+    track = 'note',
+  ): Promise<void> {
+    await db.orm.transaction(async (tx) => {
+      await finish(e, result, status, tx);
+      await tx.insert(leadEvents).values({ leadId: e.lead_id, at: clock.now(), track, reason, actor: 'system', data });
+    });
+    await deps.enqueueCards(e.lead_id);
   }
 
   async function loadLead(id: number): Promise<LeadRow | undefined> {
@@ -149,15 +164,15 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
   async function performCall(e: Claimed): Promise<void> {
     const attemptId = String(e.payload.attemptId ?? '');
     const lead = await loadLead(e.lead_id);
-    if (!lead || lead.state !== 'calling' || lead.currentAttemptId !== attemptId) {
-      await finish(e, { skipped: 'attempt no longer current' });
+    if (lead && e.prev_status === 'running') {
+      // We died while starting this call: it may or may not have been placed. Never
+      // dial the same attempt twice; its result (or the callback timeout) decides. Said
+      // in the timeline even when the lead has moved on meanwhile (the timeout came first).
+      await finishWithNote(e, { uncertain: true }, 'done', 'call_start_uncertain', { attempt: e.payload.attemptNumber });
       return;
     }
-    if (e.prev_status === 'running') {
-      // We died while starting this call: it may or may not have been placed. Never
-      // dial the same attempt twice; its result (or the callback timeout) decides.
-      await finish(e, { uncertain: true });
-      await note(lead.id, 'call_start_uncertain', { attempt: e.payload.attemptNumber });
+    if (!lead || lead.state !== 'calling' || lead.currentAttemptId !== attemptId) {
+      await finish(e, { skipped: 'attempt no longer current' });
       return;
     }
     if (lead.phone === null) {
@@ -206,33 +221,29 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       await finish(e, { skipped: 'no usable phone' }, 'dead');
       return;
     }
+    if (e.prev_status === 'running') {
+      // Died while sending: the SMS may have gone out. Never send the same SMS twice.
+      await finishWithNote(e, { uncertain: true }, 'dead', 'sms_uncertain', { sms: kind }, 'sms');
+      return;
+    }
     if (kind === 'night' && lead.state !== 'night_wait' && lead.state !== 'dial_pending') {
       // A night SMS held up (telephony down) until the lead was called or handed over
       // would now promise a call that already happened: it is dropped, never sent late.
-      await finish(e, { skipped: `lead is ${lead.state}` }, 'dead');
-      await note(lead.id, 'sms_night_dropped', { sms: kind, state: lead.state }, 'sms');
-      return;
-    }
-    if (e.prev_status === 'running') {
-      // Died while sending: the SMS may have gone out. Never send the same SMS twice.
-      await finish(e, { uncertain: true }, 'dead');
-      await note(lead.id, 'sms_uncertain', { sms: kind }, 'sms');
+      await finishWithNote(e, { skipped: `lead is ${lead.state}` }, 'dead', 'sms_night_dropped', { sms: kind, state: lead.state }, 'sms');
       return;
     }
     if (deps.phoneCaps) {
       // A spammer must not be able to text a stranger's number without end.
       const r = await deps.phoneCaps.reserveNow('sms', lead.phone, e.idem_key, lead.id, clock.now());
       if (!r.ok) {
-        await finish(e, { skipped: 'phone cap reached', cap: r.cap }, 'dead');
-        await note(lead.id, 'sms_capped', { sms: kind, cap: r.cap, sent_24h: r.used }, 'sms');
+        await finishWithNote(e, { skipped: 'phone cap reached', cap: r.cap }, 'dead', 'sms_capped', { sms: kind, cap: r.cap, sent_24h: r.used }, 'sms');
         return;
       }
     }
     try {
       const text = deps.smsText(kind, lead);
       const r = await deps.telephony.sendSms({ leadId: lead.id, phone: lead.phone, text, kind });
-      await finish(e, { segments: r.segments, messageId: r.messageId ?? null });
-      await note(lead.id, `sms_${kind}_sent`, { sms: kind, segments: r.segments }, 'sms');
+      await finishWithNote(e, { segments: r.segments, messageId: r.messageId ?? null }, 'done', `sms_${kind}_sent`, { sms: kind, segments: r.segments }, 'sms');
       await deps.incidents.resolve(deps.telephony.provider);
     } catch (err) {
       const pe = asProviderError(err, deps.telephony.provider);
@@ -243,9 +254,8 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       } else if (pe.retryable && e.attempts < SMS_TRIES) {
         await retryLater(e, pe, delayFor(pe, e.attempts));
       } else {
-        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
         if (pe.kind === 'bad_request' || pe.kind === 'invalid_number') await deps.phoneCaps?.release(e.idem_key);
-        await note(lead.id, 'sms_failed', { sms: kind, error: pe.kind }, 'sms');
+        await finishWithNote(e, { error: describe(pe), kind: pe.kind }, 'dead', 'sms_failed', { sms: kind, error: pe.kind }, 'sms');
       }
     }
   }
@@ -342,8 +352,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       log.warn({ err: pe, leadId: lead.id, effect: e.kind, kind: pe.kind }, 'CRM write-back failed');
       if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message);
       if (pe.kind === 'bad_request' || e.attempts >= CRM_WRITE_TRIES) {
-        await finish(e, { error: describe(pe), kind: pe.kind }, 'dead');
-        await note(lead.id, 'crm_write_failed', { effect: e.kind, error: pe.kind });
+        await finishWithNote(e, { error: describe(pe), kind: pe.kind }, 'dead', 'crm_write_failed', { effect: e.kind, error: pe.kind });
       } else {
         await retryLater(e, pe, Math.max(pe.retryAfterMs ?? 0, backoffMs(e.attempts, 5_000, 10 * 60_000)));
       }
@@ -368,10 +377,46 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     await Promise.all(batch.map((e) => guard(e.kind === 'call.start' ? performCall(e) : performSms(e), e)));
   }
 
+  /**
+   * While this instance performs a batch, it renews the batch's leases (every third of
+   * the lease). Only an instance that died (or froze) loses its claims: a slow upstream
+   * must never let another worker, or this one, take an effect that is still being
+   * performed (a second CRM create racing the first, an SMS wrongly called uncertain).
+   */
+  function keepLeases(batch: Claimed[]): { stop(): Promise<void> } {
+    const ids = batch.map((e) => e.id);
+    let renewing: Promise<void> | null = null;
+    const timer = setInterval(
+      () => {
+        if (renewing) return;
+        const until = new Date(clock.now().getTime() + leaseMs);
+        renewing = db
+          .query(sql`update effects set lease_until = ${iso(until)} where status = 'running' and id in (${sql.join(ids.map((id) => sql`${id}`), sql`, `)})`)
+          .then(() => undefined)
+          .catch((err: unknown) => log.warn({ err, effects: ids.length }, 'could not renew effect leases'))
+          .finally(() => {
+            renewing = null;
+          });
+      },
+      Math.max(50, Math.floor(leaseMs / 3)),
+    );
+    return {
+      async stop() {
+        clearInterval(timer);
+        await renewing;
+      },
+    };
+  }
+
   async function runLane(lane: Lane): Promise<number> {
     const batch = await claim(lane, lane === 'crm' ? Math.max(concurrency, 50) : concurrency);
     if (batch.length === 0) return 0;
-    await perform(lane, batch);
+    const leases = keepLeases(batch);
+    try {
+      await perform(lane, batch);
+    } finally {
+      await leases.stop();
+    }
     return batch.length;
   }
 

@@ -19,6 +19,7 @@ import {
 } from '../domain/lead-machine.js';
 import { hashToken, newAttemptId, newSecret, tokenFor, tokenMatches } from './tokens.js';
 import { createEffectRunner, type EffectRunnerDeps } from './effects.js';
+import { tickBatch } from './tick-batch.js';
 
 export type EnginePolicy = Omit<Policy, 'paused'>;
 
@@ -40,10 +41,12 @@ export interface EngineDeps extends Omit<EffectRunnerDeps, 'apply' | 'tokenFor' 
   pollMs: number;
   /** Leads per transition batch. */
   batchSize?: number;
+  /** Move due leads with set-based statements (tick-batch.ts); false: lead by lead only (tests compare the two). */
+  setBased?: boolean;
   /** Called after changes that the Telegram outbox should see. */
   onCardsQueued?: () => void;
   /** Metrics hook: a timeline row of the contact or CRM track was written. */
-  onTransition?: (t: { track: string; from: string | null; to: string | null; reason: string }) => void;
+  onTransition?: (t: { leadId: number; track: string; from: string | null; to: string | null; reason: string }) => void;
   /** Metrics hook: a lead's first call was decided `ms` after the lead arrived. */
   onFirstCall?: (ms: number) => void;
 }
@@ -96,7 +99,7 @@ function ts(d: Date) {
 
 export function createEngine(deps: EngineDeps) {
   const { db, clock, log } = deps;
-  const batchSize = deps.batchSize ?? 50;
+  const batchSize = deps.batchSize ?? 200;
   let secret: string | undefined;
   let paused = false;
   let running = false;
@@ -248,7 +251,7 @@ export function createEngine(deps: EngineDeps) {
     if (crmMoved)
       rows.push({ leadId: lead.id, at: now, track: 'crm', fromState: lead.crmStatus, toState: p.crmStatus!, reason: d.reason, actor: actor.id, actorName: actor.name ?? null, data: eventData ?? null });
     const inserted = await tx.insert(leadEvents).values(rows).returning({ id: leadEvents.id });
-    for (const r of rows) deps.onTransition?.({ track: r.track, from: r.fromState ?? null, to: r.toState ?? null, reason: r.reason });
+    for (const r of rows) deps.onTransition?.({ leadId: lead.id, track: r.track, from: r.fromState ?? null, to: r.toState ?? null, reason: r.reason });
     const step = inserted[0]!.id;
 
     if (d.effects.length > 0) {
@@ -315,6 +318,42 @@ export function createEngine(deps: EngineDeps) {
     wake();
   }
 
+  /**
+   * Moves a whole batch in a few set-based statements (tick-batch.ts) inside a savepoint.
+   * False when it declined the batch or failed (the savepoint is rolled back): the caller
+   * then goes lead by lead, and only a lead that fails on its own is held back.
+   */
+  async function tickMany(tx: Tx, rows: LeadRow[], now: Date): Promise<boolean> {
+    if (rows.length === 0 || deps.setBased === false) return false;
+    try {
+      const done = await tx.transaction((sp) =>
+        tickBatch(
+          {
+            db,
+            log,
+            policy: { ...deps.policy, paused },
+            callbackTimeoutMs: deps.policy.callbackTimeoutMs,
+            phoneCaps: deps.phoneCaps,
+            cardChats: deps.cardChats,
+            snapshot,
+            attemptToken,
+            effectRow: (leadId, e, at, seq, step, extra) => effectRow(leadId, withActor(e, SYSTEM), at, seq, step, extra),
+            onTransition: deps.onTransition,
+            onFirstCall: deps.onFirstCall,
+          },
+          sp,
+          rows,
+          now,
+        ),
+      );
+      if (!done) log.debug({ leads: rows.length }, 'batch not taken by the set-based path; moving its leads one by one');
+      return done;
+    } catch (err) {
+      log.warn({ err }, 'batch transition failed; moving its leads one by one');
+      return false;
+    }
+  }
+
   /** Claims due leads (SKIP LOCKED: several instances share the work) and moves each one step. */
   async function runTransitions(): Promise<number> {
     const now = clock.now();
@@ -327,6 +366,7 @@ export function createEngine(deps: EngineDeps) {
       if (due.length === 0) return 0;
       const ids = due.map((r) => r.id);
       const rows = await tx.select().from(leads).where(inArray(leads.id, ids));
+      if (await tickMany(tx, rows, now)) return rows.length;
       for (const lead of rows) {
         try {
           await tx.transaction(async (sp) => {

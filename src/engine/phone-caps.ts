@@ -72,9 +72,73 @@ export function createPhoneCaps(deps: { db: Db; limits: PhoneCapLimits; onCapped
     return { ok: true, used: 0, cap };
   }
 
+  /**
+   * `reserve` for many actions at once, in four statements whatever their number (the
+   * engine's batch of ticks): the numbers' locks are taken in a fixed order, then every
+   * item is decided in order exactly as one `reserve` call after the other would.
+   */
+  async function reserveMany(
+    tx: Executor,
+    kind: PaidKind,
+    items: { phone: string; ref: string; leadId: number; force?: boolean }[],
+    now: Date,
+  ): Promise<Reservation[]> {
+    if (items.length === 0) return [];
+    const cap = capOf(kind);
+    const keyed = items.map((i) => ({ ...i, key: phoneKey(i.phone) }));
+    const keys = [...new Set(keyed.map((i) => i.key))].sort();
+    await db.query(
+      sql`select pg_advisory_xact_lock(hashtext('hotlead:cap:' || k)) from jsonb_array_elements_text(${JSON.stringify(keys)}::jsonb) as k order by k`,
+      tx,
+    );
+    const mine = new Set(
+      (await db.query<{ ref: string }>(sql`select ref from phone_usage where ref in (select jsonb_array_elements_text(${JSON.stringify(keyed.map((i) => i.ref))}::jsonb))`, tx)).map((r) => r.ref),
+    );
+    const used = new Map<string, number>();
+    if (cap > 0) {
+      const rows = await db.query<{ phone_key: string; n: number }>(
+        sql`select phone_key, count(*)::int as n from phone_usage
+            where phone_key in (select jsonb_array_elements_text(${JSON.stringify(keys)}::jsonb)) and kind = ${kind}
+              and at > ${new Date(now.getTime() - DAY_MS).toISOString()}::timestamptz
+            group by phone_key`,
+        tx,
+      );
+      for (const r of rows) used.set(r.phone_key, Number(r.n));
+    }
+    const out: Reservation[] = [];
+    const insert: { ref: string; phone_key: string; lead_id: number }[] = [];
+    for (const i of keyed) {
+      if (mine.has(i.ref)) {
+        out.push({ ok: true, used: 0, cap });
+        continue;
+      }
+      const n = cap > 0 ? (used.get(i.key) ?? 0) : 0;
+      if (cap > 0 && n >= cap && !i.force) {
+        deps.onCapped?.(kind);
+        out.push({ ok: false, used: n, cap });
+        continue;
+      }
+      if (cap > 0) used.set(i.key, n + 1);
+      mine.add(i.ref);
+      insert.push({ ref: i.ref, phone_key: i.key, lead_id: i.leadId });
+      out.push({ ok: true, used: n, cap });
+    }
+    if (insert.length > 0) {
+      await db.query(
+        sql`insert into phone_usage (ref, phone_key, kind, lead_id, at)
+            select r.ref, r.phone_key, ${kind}, r.lead_id, ${now.toISOString()}::timestamptz
+            from jsonb_to_recordset(${JSON.stringify(insert)}::jsonb) as r(ref text, phone_key text, lead_id int)
+            on conflict (ref) do nothing`,
+        tx,
+      );
+    }
+    return out;
+  }
+
   return {
     limits: deps.limits,
     reserve,
+    reserveMany,
     /** The same, in a transaction of its own. */
     async reserveNow(kind: PaidKind, phone: string, ref: string, leadId: number, now: Date): Promise<Reservation> {
       return db.orm.transaction((tx) => reserve(tx, kind, phone, ref, leadId, now));

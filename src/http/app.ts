@@ -3,6 +3,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { cors } from 'hono/cors';
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
+import { sql } from 'drizzle-orm';
 import type { Logger } from '../logger.js';
 import type { Clock } from '../clock.js';
 import type { Db } from '../db/client.js';
@@ -22,7 +23,7 @@ export interface HttpObserver {
 
 export interface AppDeps {
   db: Db;
-  engine: Pick<Engine, 'callResult' | 'wake'>;
+  engine: Pick<Engine, 'callResult' | 'announce'>;
   clock: Clock;
   log: Logger;
   intakeToken?: string | undefined;
@@ -250,7 +251,7 @@ export function createApp(deps: AppDeps) {
     return problem(c, 413, 'The body is larger than 64 KB');
   };
   const streamedBodyLimit = bodyLimit({ maxSize: MAX_BODY, onError: tooLarge });
-  app.use('*', (c, next) => {
+  app.use('*', async (c, next) => {
     // A declared Content-Length decides without touching the body: hono's bodyLimit
     // reads c.req.raw.body, which turns the lightweight request of @hono/node-server
     // into a full web Request with a stream, on every request. Chunked bodies still go
@@ -325,17 +326,55 @@ export function createApp(deps: AppDeps) {
     }
   }
 
+  /**
+   * A lead stored after its request was already answered 503 (the insert waited for a
+   * database connection and ran once the database came back): the client was told
+   * "not stored" and will send it again, so it is taken back, unless the engine already
+   * started on it (then it stays, and the client's retry meets it through its ref or
+   * Idempotency-Key).
+   */
+  async function takeBack(ids: number[], rlog: Logger): Promise<void> {
+    for (const id of ids) {
+      try {
+        const gone = await db.query<{ id: number }>(sql`delete from leads where id = ${id} and state = 'received' and next_run_at is not null returning id`);
+        if (gone.length) rlog.warn({ leadId: id }, 'a lead stored after its request was answered 503 was taken back');
+        else rlog.warn({ leadId: id }, 'a lead stored after its request was answered 503 is already being worked on; kept');
+      } catch (err) {
+        rlog.error({ err, leadId: id }, 'could not take back a lead stored after its request was answered 503');
+      }
+    }
+  }
+
   async function store(c: Context<Env>, leadsIn: ReturnType<typeof toNewLead>[], source: 'api' | 'corezoid') {
     const rlog = c.get('log');
-    const results = await withDeadline(
-      (async () => {
-        const out = [];
-        for (const lead of leadsIn) out.push(await insertLead(db, lead, clock.now()));
-        return out;
-      })(),
-      dbTimeoutMs,
-    );
-    if (results.some((r) => !r.duplicate)) engine.wake();
+    const stored: number[] = [];
+    const work = (async () => {
+      const out = [];
+      for (const lead of leadsIn) {
+        const r = await insertLead(db, lead, clock.now());
+        if (!r.duplicate) stored.push(r.id);
+        out.push(r);
+      }
+      return out;
+    })();
+    let results;
+    try {
+      results = await withDeadline(work, dbTimeoutMs);
+    } catch (err) {
+      if (err instanceof DeadlineError) {
+        // Whatever this request still stores once the database answers is taken back.
+        void work.then(
+          () => takeBack(stored, rlog),
+          () => takeBack(stored, rlog),
+        );
+      } else if (stored.length > 0) {
+        // An envelope whose later operation failed: the client retries the whole envelope.
+        void takeBack(stored, rlog);
+      }
+      throw err;
+    }
+    // Wakes this instance's engine and, through a debounced NOTIFY, every other one's.
+    if (results.some((r) => !r.duplicate)) engine.announce();
     for (const r of results) rlog.info({ leadId: r.id, duplicate: r.duplicate, source }, r.duplicate ? 'duplicate lead answered' : 'lead received');
     return results;
   }

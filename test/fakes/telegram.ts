@@ -38,6 +38,8 @@ export interface RecordedCall {
   method: string;
   params: Record<string, any>;
   at: number;
+  /** Set when the call was answered 429. */
+  status429?: boolean;
 }
 
 export interface FakeTelegram {
@@ -52,10 +54,13 @@ export interface FakeTelegram {
   /** Presses and waits for the bot's answerCallbackQuery; returns its parameters. */
   pressAndAnswer(opts: { chatId: string; messageId: number; data: string; userId: number; firstName?: string }): Promise<Record<string, any>>;
   /**
-   * Simulates a text message (commands too); returns the update id. `replyTo` makes it a
-   * reply to that message (as a force_reply answer is); `private` makes the chat a private one.
+   * Simulates a text message (commands too); returns the new message's id. `replyTo`
+   * makes it a reply to that message (as a force_reply answer is); `private` makes the
+   * chat a private one (chats with a positive id are private anyway).
    */
   say(opts: { chatId: string; userId: number; text: string; firstName?: string; replyTo?: number; private?: boolean }): number;
+  /** Waits for the bot's reply to a message (a message sent with reply_parameters to it). */
+  replyTo(chatId: string, messageId: number, timeoutMs?: number): Promise<FakeMessage>;
   /** Waits until the bot sent a message into the chat after `afterMessageId`; returns it. */
   nextBotMessage(chatId: string, afterMessageId: number, pred?: (m: FakeMessage) => boolean, timeoutMs?: number): Promise<FakeMessage>;
   /** The id of the newest message in the chat (0 when none). */
@@ -75,7 +80,7 @@ export interface FakeTelegram {
   callsOf(method: string): RecordedCall[];
   /** Every message in a chat (the bot's and people's), oldest first. */
   chatMessages(chatId: string): FakeMessage[];
-  /** The lead cards the bot posted in a chat, oldest first. */
+  /** The lead cards the bot posted in a chat (not replies), oldest first. */
   cards(chatId: string): FakeMessage[];
   /** The card of one lead in a chat. */
   cardOf(chatId: string, leadId: number): FakeMessage | undefined;
@@ -112,7 +117,7 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
   const messages = new Map<string, FakeMessage>();
   const members = new Map<string, string>();
   const updates: Record<string, unknown>[] = [];
-  const waiting: ((u: Record<string, unknown>[]) => void)[] = [];
+  const waiting: { deliver(u: Record<string, unknown>[]): void; conflict(): void }[] = [];
   const failures = new Map<string, { times: number; retryAfter: number }>();
   let nextUpdate = 1;
   let nextMessage = 100;
@@ -157,10 +162,8 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
     reply(res, code, { ok: false, error_code: code, description, ...(parameters ? { parameters } : {}) });
 
   function flush() {
-    while (waiting.length && updates.length) {
-      const w = waiting.shift()!;
-      w(updates.splice(0));
-    }
+    if (updates.length === 0) return;
+    for (const w of [...waiting]) w.deliver([...updates]);
   }
 
   const server: Server = createServer(async (req, res) => {
@@ -169,12 +172,14 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
     if (m[1] !== token) return err(res, 401, 'Unauthorized');
     const method = m[2]!;
     const params = await readJson(req);
-    calls.push({ method, params, at: Date.now() });
+    const call: RecordedCall = { method, params, at: Date.now() };
+    calls.push(call);
 
     const f = failures.get(method);
     if (f && f.times > 0) {
       f.times--;
       status429++;
+      call.status429 = true;
       return err(res, 429, `Too Many Requests: retry after ${f.retryAfter}`, { retry_after: f.retryAfter });
     }
     if (method === 'sendMessage' || method === 'editMessageText') {
@@ -183,6 +188,7 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
       const wait = floodWait(chat, now);
       if (wait > 0) {
         status429++;
+        call.status429 = true;
         const retryAfter = Math.max(1, Math.ceil(wait / 1000));
         return err(res, 429, `Too Many Requests: retry after ${retryAfter}`, { retry_after: retryAfter });
       }
@@ -205,20 +211,39 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
       }
       case 'getUpdates': {
         const offset = Number(params.offset ?? 0);
-        // Confirmed updates are forgotten, as Telegram does.
+        // Confirmed updates (below the offset) are forgotten; the others are handed out
+        // again until confirmed, as Telegram does (a poller that died loses nothing).
         for (let i = updates.length - 1; i >= 0; i--) if (Number(updates[i]!.update_id) < offset) updates.splice(i, 1);
-        if (updates.length || closed) return ok(res, updates.splice(0));
+        if (updates.length || closed) return ok(res, [...updates]);
+        // A second poller terminates the first one, as Telegram does.
+        for (const w of waiting.splice(0)) w.conflict();
         const timeout = Math.min(Number(params.timeout ?? 0), 1) * 1000;
-        const t = setTimeout(() => {
-          const i = waiting.indexOf(deliver);
+        const waiter = {
+          deliver(u: Record<string, unknown>[]) {
+            clearTimeout(t);
+            drop();
+            ok(res, u);
+          },
+          conflict() {
+            clearTimeout(t);
+            drop();
+            err(res, 409, 'Conflict: terminated by other getUpdates request; make sure that only one bot instance is running');
+          },
+        };
+        const drop = () => {
+          const i = waiting.indexOf(waiter);
           if (i >= 0) waiting.splice(i, 1);
+        };
+        const t = setTimeout(() => {
+          drop();
           ok(res, []);
         }, timeout);
-        function deliver(u: Record<string, unknown>[]) {
+        // The poller went away (aborted on stop): nothing is delivered to it.
+        res.on('close', () => {
           clearTimeout(t);
-          ok(res, u);
-        }
-        waiting.push(deliver);
+          drop();
+        });
+        waiting.push(waiter);
         return;
       }
       case 'sendMessage': {
@@ -308,7 +333,7 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
       const replied = replyTo !== undefined ? messages.get(`${chatId}:${replyTo}`) : undefined;
       const message_id = nextMessage++;
       messages.set(`${chatId}:${message_id}`, { message_id, chat_id: chatId, text, edits: 0, fromBot: false, ...(replyTo !== undefined ? { reply_to_message_id: replyTo } : {}) });
-      return fake.pushUpdate({
+      fake.pushUpdate({
         message: {
           message_id,
           date: Math.floor(Date.now() / 1000),
@@ -329,6 +354,10 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
             : {}),
         },
       });
+      return message_id;
+    },
+    async replyTo(chatId, messageId, timeoutMs) {
+      return fake.nextBotMessage(chatId, messageId, (m) => m.reply_to_message_id === messageId, timeoutMs);
     },
     async nextBotMessage(chatId, afterMessageId, pred = () => true, timeoutMs) {
       const find = () => fake.chatMessages(chatId).find((m) => m.fromBot && m.message_id > afterMessageId && pred(m));
@@ -358,7 +387,7 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
       return [...messages.values()].filter((m) => m.chat_id === chatId).sort((a, b) => a.message_id - b.message_id);
     },
     cards(chatId) {
-      return fake.chatMessages(chatId).filter((m) => m.fromBot && /^\S+ <b>#\d+<\/b>|^\S+ #\d+ ·/.test(m.text));
+      return fake.chatMessages(chatId).filter((m) => m.fromBot && m.reply_to_message_id === undefined && /^\S+ <b>#\d+<\/b>|^\S+ #\d+ ·/.test(m.text));
     },
     cardOf(chatId, leadId) {
       return fake.cards(chatId).find((m) => new RegExp(`#${leadId}(?!\\d)`).test(m.text.split('\n')[0] ?? ''));
@@ -372,7 +401,7 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
     },
     async close() {
       closed = true;
-      for (const w of waiting.splice(0)) w([]);
+      for (const w of [...waiting]) w.deliver([]);
       await new Promise<void>((r) => server.close(() => r()));
     },
   };

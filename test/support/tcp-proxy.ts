@@ -30,10 +30,13 @@ export interface TcpProxy {
   up(): void;
   /** Rewrites a URL's host:port to this proxy's. */
   url(target: string): string;
+  /** Where new connections go (a proxy may be started before what it fronts). */
+  setTarget(target: { host: string; port: number }): void;
   close(): Promise<void>;
 }
 
-export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
+export async function startTcpProxy(initial: { host: string; port: number }): Promise<TcpProxy> {
+  let target = initial;
   const pairs = new Set<{ client: Socket; upstream: Socket | null }>();
   let accepted = 0;
   const state = { mode: 'pass' as ProxyMode };
@@ -94,6 +97,9 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     up() {
       for (const p of [...pairs]) if (p.upstream === null) p.client.resetAndDestroy();
       state.mode = 'pass';
+    },
+    setTarget(t) {
+      target = t;
     },
     url(targetUrl: string) {
       const u = new URL(targetUrl);

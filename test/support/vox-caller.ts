@@ -90,7 +90,8 @@ export function startVoxCaller(
     const reqs = vox.requests;
     for (; seen < reqs.length; seen++) {
       const r = reqs[seen]!;
-      if (r.cmd !== 'StartScenarios' || r.auth === 'refused' || r.auth === 'none') continue;
+      // (`auth` is filled in only once the fake answers, which may be later: not looked at.)
+      if (r.cmd !== 'StartScenarios') continue;
       const data = JSON.parse(r.params.script_custom_data ?? '{}') as { phone: string; attempt: string; token: string };
       const nth = (perPhone.get(data.phone) ?? 0) + 1;
       perPhone.set(data.phone, nth);

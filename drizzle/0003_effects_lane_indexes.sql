@@ -1,0 +1,3 @@
+DROP INDEX "effects_due_idx";--> statement-breakpoint
+CREATE INDEX "effects_due_telephony_idx" ON "effects" USING btree ("run_at","id") WHERE "effects"."status" in ('pending', 'running') and ("effects"."kind" like 'call.%' or "effects"."kind" like 'sms.%');--> statement-breakpoint
+CREATE INDEX "effects_due_crm_idx" ON "effects" USING btree ("run_at","id") WHERE "effects"."status" in ('pending', 'running') and "effects"."kind" like 'crm.%';
