@@ -302,7 +302,17 @@ export async function createService(opts: ServiceOptions): Promise<Service> {
       accepting = false;
       if (workers) {
         await housekeeping.stop();
-        await botHandle?.stop();
+        // Stopping long polling confirms the last update with Telegram; with Telegram
+        // unreachable that call would be retried for longer than a shutdown may take.
+        // Unconfirmed updates are simply delivered again after the restart.
+        if (botHandle) {
+          let t: NodeJS.Timeout | undefined;
+          await Promise.race([
+            botHandle.stop().catch((err: unknown) => log.warn({ err }, 'telegram bot did not stop cleanly')),
+            new Promise<void>((resolve) => (t = setTimeout(resolve, 3000))),
+          ]);
+          clearTimeout(t);
+        }
         await engine.stop();
         await outbox.stop();
       }

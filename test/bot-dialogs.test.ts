@@ -104,50 +104,6 @@ for (const backend of BACKENDS) {
       await c.card(id, (m) => m.message_id === card.message_id && m.text.includes(`<code>${phone}</code>`) && m.text.includes('<b>confirmed</b>'));
     });
 
-    it('schedules a call at a local time outside the calling window; it waits, then calls like Call now', async () => {
-      const id = await waitingLead('Later');
-      const card = await c.card(id, (m) => m.text.includes('<b>no_answer_wait</b>'));
-      const before = c.tg.lastMessageId(CHAT);
-      await c.tg.pressAndAnswer({ chatId: CHAT, messageId: card.message_id, data: `d:${id}:sched`, userId: OPERATOR, firstName: 'Olga' });
-      const q = await prompt(before);
-      expect(plain(q)).toContain('Europe/Moscow');
-      const bad = await reply(q, '25:99');
-      expect(plain(bad)).toMatch(/^That is not a time I understand/);
-      const past = await reply(bad, 'today 09:00');
-      expect(plain(past)).toMatch(/^That time has passed/);
-      const far = await reply(past, '10.03 11:00'); // this morning: next year, too far
-      expect(plain(far)).toMatch(/^That is more than 30 days ahead/);
-      const ok = await reply(far, 'tomorrow 22:30');
-      expect(plain(ok)).toBe(`🕒 #${id} will be called at 11.03.2026 22:30 (Europe/Moscow), whatever the calling window says.`);
-
-      const at = new Date('2026-03-11T19:30:00Z');
-      const lead = await c.lead(id);
-      expect(lead).toMatchObject({ state: 'dial_pending', callNow: true });
-      expect(lead.nextRunAt?.toISOString()).toBe(at.toISOString());
-      expect((await c.events(id)).find((e) => e.reason === 'operator_schedule')).toMatchObject({
-        fromState: 'no_answer_wait',
-        toState: 'dial_pending',
-        actor: `tg:${OPERATOR}`,
-        data: { at: at.toISOString() },
-      });
-      await c.card(id, (m) => m.message_id === card.message_id && m.text.includes('🕒 Call scheduled for 11.03 22:30'));
-
-      // A telephony incident's Retry does not pull a scheduled call forward.
-      const [inc] = await c.db.query<{ id: number }>(
-        sql`insert into incidents (provider, kind, message, opened_at) values ('sandbox-telephony', 'money', 'test', ${NOW.toISOString()}::timestamptz) returning id`,
-      );
-      expect((await c.tg.pressAndAnswer({ chatId: CHAT, messageId: 1, data: `inc:${inc!.id}`, userId: OPERATOR })).text).toMatch(/^Re-queued/);
-      expect((await c.lead(id)).nextRunAt?.toISOString()).toBe(at.toISOString());
-
-      // 22:30: the shop is closed, the call goes anyway.
-      clock.set(at);
-      c.main.service.engine.wake();
-      await c.waitLead(id, (l) => l.attempts === 2);
-      const calls = (await c.events(id)).filter((e) => e.toState === 'calling');
-      expect(calls.at(-1)).toMatchObject({ fromState: 'dial_pending', reason: 'call_now' });
-      clock.set(NOW);
-    });
-
     it('cancels at any step with /cancel or "cancel", and nothing changes', async () => {
       const id = await waitingLead('Cancelled');
       const events = (await c.events(id)).length;
@@ -217,6 +173,50 @@ for (const backend of BACKENDS) {
       expect(await sessions()).toBe(0);
       const r = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/schedule ${id}` }));
       expect(plain(r)).toBe('A call cannot be scheduled while the lead is confirmed.');
+    });
+
+    // Last: it moves the clock (to the next evening), which would change the other tests' leads.
+    it('schedules a call at a local time outside the calling window; it waits, then calls like Call now', async () => {
+      const id = await waitingLead('Later');
+      const card = await c.card(id, (m) => m.text.includes('<b>no_answer_wait</b>'));
+      const before = c.tg.lastMessageId(CHAT);
+      await c.tg.pressAndAnswer({ chatId: CHAT, messageId: card.message_id, data: `d:${id}:sched`, userId: OPERATOR, firstName: 'Olga' });
+      const q = await prompt(before);
+      expect(plain(q)).toContain('Europe/Moscow');
+      const bad = await reply(q, '25:99');
+      expect(plain(bad)).toMatch(/^That is not a time I understand/);
+      const past = await reply(bad, 'today 09:00');
+      expect(plain(past)).toMatch(/^That time has passed/);
+      const far = await reply(past, '10.03 11:00'); // this morning: next year, too far
+      expect(plain(far)).toMatch(/^That is more than 30 days ahead/);
+      const ok = await reply(far, 'tomorrow 22:30');
+      expect(plain(ok)).toBe(`🕒 #${id} will be called at 11.03.2026 22:30 (Europe/Moscow), whatever the calling window says.`);
+
+      const at = new Date('2026-03-11T19:30:00Z');
+      const lead = await c.lead(id);
+      expect(lead).toMatchObject({ state: 'dial_pending', callNow: true });
+      expect(lead.nextRunAt?.toISOString()).toBe(at.toISOString());
+      expect((await c.events(id)).find((e) => e.reason === 'operator_schedule')).toMatchObject({
+        fromState: 'no_answer_wait',
+        toState: 'dial_pending',
+        actor: `tg:${OPERATOR}`,
+        data: { at: at.toISOString() },
+      });
+      await c.card(id, (m) => m.message_id === card.message_id && m.text.includes('🕒 Call scheduled for 11.03 22:30'));
+
+      // A telephony incident's Retry does not pull a scheduled call forward.
+      const [inc] = await c.db.query<{ id: number }>(
+        sql`insert into incidents (provider, kind, message, opened_at) values ('sandbox-telephony', 'money', 'test', ${NOW.toISOString()}::timestamptz) returning id`,
+      );
+      expect((await c.tg.pressAndAnswer({ chatId: CHAT, messageId: 1, data: `inc:${inc!.id}`, userId: OPERATOR })).text).toMatch(/^Re-queued/);
+      expect((await c.lead(id)).nextRunAt?.toISOString()).toBe(at.toISOString());
+
+      // 22:30: the shop is closed, the call goes anyway.
+      clock.set(at);
+      c.main.service.engine.wake();
+      await c.waitLead(id, (l) => l.attempts === 2);
+      const calls = (await c.events(id)).filter((e) => e.toState === 'calling');
+      expect(calls.at(-1)).toMatchObject({ fromState: 'dial_pending', reason: 'call_now' });
     });
   });
 }

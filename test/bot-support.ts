@@ -161,7 +161,10 @@ export async function startConsole(backend: 'pglite' | 'postgres', opts: Console
       for (;;) {
         last = await getLead(db, id);
         if (last && pred(last)) return last;
-        if (Date.now() > until) throw new Error(`lead ${id} did not get there; it is ${last?.state}`);
+        if (Date.now() > until) {
+          const trail = (await getLeadEvents(db, id)).map((e) => `${e.fromState ?? ''}>${e.toState ?? ''}:${e.reason}@${e.at.toISOString()}`);
+          throw new Error(`lead ${id} did not get there; it is ${last?.state}; events: ${trail.join(', ')}`);
+        }
         await new Promise((r) => setTimeout(r, 25));
       }
     },

@@ -16,7 +16,7 @@ import { ADMIN, RULE_ID, SMS_FROM, smsKindOf, STATUS_MAP, type LeadJson } from '
  * instance's work is picked up again; but an upstream slower than the lease must not
  * make the (living) worker lose its claim: the CRM create would run twice (two
  * look-ups that find nothing, two leads) and a call or SMS in progress would be
- * called "uncertain". Here every upstream answers four times slower than the lease,
+ * called "uncertain". Here every upstream answers more than twice as slow as the lease,
  * while a second instance on the same database looks for work it could take over.
  *
  * PostgreSQL only: within one process a lane never claims again before its batch is
@@ -49,7 +49,7 @@ describe.skipIf(!TEST_DATABASE_URL)('effect leases are renewed while the work go
       VOXIMPLANT_RULE_ID: RULE_ID,
       VOXIMPLANT_SMS_FROM: SMS_FROM,
       VOXIMPLANT_API_URL: vox.url,
-      VOXIMPLANT_TIMEOUT: '5s',
+      VOXIMPLANT_TIMEOUT: '15s',
     });
     const log = createLogger({ level: 'info', destination: new LogCapture() as never });
     const crm = () =>
@@ -57,14 +57,14 @@ describe.skipIf(!TEST_DATABASE_URL)('effect leases are renewed while the work go
         auth: { webhookUrl: bitrix.webhookUrl },
         rateLimit: { ratePerSec: 1000, burst: 1000 },
         retry: { attempts: 1 },
-        timeoutMs: 5000,
+        timeoutMs: 15_000,
         statusMap: { ...STATUS_MAP },
         log,
       });
-    service = await createService({ config, clock: systemClock, log, crm: crm(), effectLeaseMs: 300 });
+    service = await createService({ config, clock: systemClock, log, crm: crm(), effectLeaseMs: 1500 });
     await service.start({ listen: true, workers: true });
     // The second instance takes no leads (no one posts to it) but would take over any effect whose lease ran out.
-    other = await createService({ config, clock: systemClock, log, crm: crm(), effectLeaseMs: 300 });
+    other = await createService({ config, clock: systemClock, log, crm: crm(), effectLeaseMs: 1500 });
     await other.start({ listen: true, workers: true });
     caller = startVoxCaller(vox, { target: () => service.url() });
   });
@@ -78,10 +78,10 @@ describe.skipIf(!TEST_DATABASE_URL)('effect leases are renewed while the work go
   });
 
   it('a CRM create, a call and an SMS slower than the lease each happen once, none is called uncertain', async () => {
-    bitrix.inject({ method: 'crm.lead.add', answer: 'slow', delayMs: 1200 });
-    bitrix.inject({ method: 'crm.timeline.comment.add', answer: 'slow', delayMs: 1200 });
-    vox.answerNext('StartScenarios', voxAnswers.slow(1200));
-    vox.answerNext('SendSmsMessage', voxAnswers.slow(1200));
+    bitrix.inject({ method: 'crm.lead.add', answer: 'slow', delayMs: 4000 });
+    bitrix.inject({ method: 'crm.timeline.comment.add', answer: 'slow', delayMs: 4000 });
+    vox.answerNext('StartScenarios', voxAnswers.slow(4000));
+    vox.answerNext('SendSmsMessage', voxAnswers.slow(4000));
 
     const r = await fetch(`${service.url()}/v1/leads`, {
       method: 'POST',
@@ -94,7 +94,7 @@ describe.skipIf(!TEST_DATABASE_URL)('effect leases are renewed while the work go
       const l = await get();
       const done = l.state === 'confirmed' && l.crm_status === 'created' && l.events.some((e) => e.reason === 'sms_confirmation_sent');
       return done && bitrix.leads.get(Number(l.crm_id))?.STATUS_ID === 'CONVERTED' ? l : null;
-    }, 20_000).catch(async (err: unknown) => {
+    }, 40_000).catch(async (err: unknown) => {
       const l = await get();
       throw new Error(`${String(err)}: ${l.state}/${l.crm_status} ${l.events.map((e) => e.reason).join(', ')} ${JSON.stringify(bitrix.requests.map((q) => [q.method, q.status, q.error]))}`);
     });

@@ -26,7 +26,7 @@ import { RULE_ID, SMS_FROM, smsKindOf, STATUS_MAP } from './support/harness.js';
 
 const LEADS = 300;
 const KILLS = 21;
-const CALLBACK_TIMEOUT_MS = 6_000;
+const CALLBACK_TIMEOUT_MS = 8_000;
 const MAX_ATTEMPTS = 3;
 /** Lead kinds: an unusable number, a customer for whom it is night, or a normal one (by its last digit). */
 type Plan = { i: number; ref: string; phone: string; kind: 'invalid' | 'night' | 'normal'; digit: number };
@@ -92,7 +92,7 @@ describe.skipIf(!TEST_DATABASE_URL)('exactly once across SIGKILLs (PostgreSQL, c
       VOXIMPLANT_RULE_ID: RULE_ID,
       VOXIMPLANT_SMS_FROM: SMS_FROM,
       VOXIMPLANT_API_URL: vox.url,
-      VOXIMPLANT_TIMEOUT: '1500ms',
+      VOXIMPLANT_TIMEOUT: '3s',
       HOTLEAD_TEST_BITRIX_WEBHOOK: bitrix.webhookUrl,
       HOTLEAD_TEST_LEASE_MS: '4000',
     });

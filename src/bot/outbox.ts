@@ -225,7 +225,8 @@ export function createOutbox(deps: OutboxDeps) {
     for (let i = 0; ; i++) {
       if (!dead && r.kind === 'card') {
         const merged = await db.query<{ id: number }>(sql`
-          update tg_outbox set run_at = greatest(run_at, ${iso(at)}), attempts = greatest(attempts, ${attempts})
+          update tg_outbox set run_at = greatest(run_at, ${iso(at)}), attempts = greatest(attempts, ${attempts}),
+                 last_error = coalesce(${error}, last_error)
           where kind = 'card' and status = 'pending' and chat_id = ${r.chat_id} and lead_id = ${r.lead_id}
           returning id`);
         if (merged.length > 0) {

@@ -68,6 +68,24 @@ const CALL_START_TRIES = 3;
 const SMS_TRIES = 10;
 const CRM_WRITE_TRIES = 30;
 
+/** Timeouts: the request went out and the provider may be carrying it out right now. */
+const TIMEOUT_CODES = new Set(['ECONNABORTED', 'ETIMEDOUT', 'ESOCKETTIMEDOUT']);
+
+/**
+ * Might the provider have carried the request out although we got no answer? A
+ * timeout (the provider is slow, not gone), a gateway timeout, a success answer that
+ * cannot be read, or a client that says so. A call or SMS with such an outcome is
+ * never sent again (at most once). A refusal the provider put into words (an API
+ * error, HTTP 5xx, 429) or a connection refused or reset (a server that is down, a
+ * stale keep-alive connection) is retried.
+ */
+export function outcomeUnknown(pe: ProviderError): boolean {
+  if ((pe as { ambiguous?: unknown }).ambiguous === true) return true;
+  if (pe.kind !== 'unavailable') return false;
+  const code = pe.code ?? '';
+  return TIMEOUT_CODES.has(code) || code === '504' || code === 'malformed';
+}
+
 export function backoffMs(attempt: number, baseMs = 5_000, capMs = 15 * 60_000, jitter = Math.random()): number {
   const raw = Math.min(capMs, baseMs * 2 ** Math.max(0, attempt - 1));
   return Math.round(raw * (0.8 + 0.4 * jitter));
@@ -205,6 +223,14 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       } else if (pe.kind === 'invalid_number') {
         await deps.phoneCaps?.release(`call:${attemptId}`);
         await finishAndApply(e, failed, 'dead', { type: 'call_start_failed', attemptId, failure: 'invalid_number' }, { code: pe.code });
+      } else if (outcomeUnknown(pe)) {
+        // The call may have been placed: never dialled again for this attempt. Its result
+        // still counts if it comes; if none does, the callback timeout hands the lead over.
+        await finishWithNote(e, { uncertain: true, ...failed }, 'done', 'call_start_uncertain', {
+          attempt: e.payload.attemptNumber,
+          error: pe.kind,
+          ...(pe.code !== undefined ? { code: pe.code } : {}),
+        });
       } else if ((pe.kind === 'unavailable' || pe.kind === 'rate') && e.attempts < CALL_START_TRIES) {
         await retryLater(e, pe, Math.min(delayFor(pe, e.attempts), 30_000));
       } else {
@@ -251,6 +277,9 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       if (pe.needsPeople) {
         await deps.incidents.open(pe.provider, pe.kind, pe.message);
         await retryLater(e, pe, backoffMs(e.attempts, 60_000));
+      } else if (outcomeUnknown(pe)) {
+        // It may have gone out: never sent twice.
+        await finishWithNote(e, { uncertain: true, error: describe(pe), kind: pe.kind }, 'dead', 'sms_uncertain', { sms: kind, error: pe.kind, ...(pe.code !== undefined ? { code: pe.code } : {}) }, 'sms');
       } else if (pe.retryable && e.attempts < SMS_TRIES) {
         await retryLater(e, pe, delayFor(pe, e.attempts));
       } else {

@@ -258,7 +258,8 @@ export function createApp(deps: AppDeps) {
     // through bodyLimit, which counts what arrives.
     if (c.req.method === 'GET' || c.req.method === 'HEAD') return next();
     const length = c.req.header('content-length');
-    if (length !== undefined && c.req.header('transfer-encoding') === undefined) return Number(length) > MAX_BODY ? tooLarge(c) : next();
+    const declared = length !== undefined && /^\d{1,15}$/.test(length) ? Number(length) : undefined;
+    if (declared !== undefined && c.req.header('transfer-encoding') === undefined) return declared > MAX_BODY ? tooLarge(c) : next();
     return streamedBodyLimit(c, next);
   });
 
