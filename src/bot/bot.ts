@@ -13,7 +13,7 @@ import { normalizePhone, type CountryCode } from '../domain/phone.js';
 import { getLead, getLeadEvents } from '../db/queries.js';
 import { dialogActions, escapeHtml, formatTime, renderCard, type CardButton, type DialogKind } from './card.js';
 import { MessageGoneError, type TelegramTransport } from './outbox.js';
-import { activeLeads, dayStats, leadsNeedingPerson, queueText, refreshActiveCards, requeuePausedLeads, type LeadLine } from './queries.js';
+import { activeLeads, dayStats, leadsNeedingPerson, queueText, refreshActiveCards, type LeadLine } from './queries.js';
 import { formatScheduleTime, parseScheduleTime } from './schedule-time.js';
 import { createSessionStorage, NO_KEY } from './session-storage.js';
 import { botCommands, TEXTS } from './texts.js';
@@ -512,7 +512,6 @@ export function createBot(deps: BotDeps) {
     const now = clock.now();
     // The other vendor chats hear it through the outbox; this chat gets the answer now.
     await queueText(db, now, deps.vendorChatIds.filter((c) => c !== String(ctx.chat!.id)), text);
-    if (!pause) await requeuePausedLeads(db, now);
     await refreshActiveCards(db, now, deps.vendorChatIds);
     notifyChange();
     await answer(ctx, text, { parse_mode: 'HTML' });

@@ -100,16 +100,3 @@ export async function refreshActiveCards(db: Db, now: Date, chats: string[], lim
     on conflict (chat_id, lead_id) where kind = 'card' and status = 'pending' do nothing`);
   return ids.length;
 }
-
-/**
- * After /resume: leads that were waiting only because calls were paused (their latest
- * contact-track entry says `paused`) are due now instead of at their next re-check.
- */
-export async function requeuePausedLeads(db: Db, now: Date): Promise<number> {
-  const rows = await db.query<{ id: number }>(sql`
-    update leads l set next_run_at = ${iso(now)}
-    where l.state = 'dial_pending' and l.next_run_at > ${iso(now)}
-      and (select e.reason from lead_events e where e.lead_id = l.id and e.track = 'contact' order by e.id desc limit 1) = 'paused'
-    returning l.id`);
-  return rows.length;
-}

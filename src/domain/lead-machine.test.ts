@@ -384,7 +384,8 @@ const ROWS: Row[] = [
       name: `${s}: Manual hands the lead over`,
       lead: s === 'calling' ? calling(1) : { state: s },
       event: op('manual'),
-      expect: { state: 'manual', runAt: null, effects: ['crm.comment:operator'], reason: 'operator_manual', patch: { currentAttemptId: null, callNow: false } },
+      // A lead still `received` starts its CRM track too: the shop records every lead.
+      expect: { state: 'manual', runAt: null, effects: s === 'received' ? ['crm.create', 'crm.comment:operator'] : ['crm.comment:operator'], reason: 'operator_manual', patch: { currentAttemptId: null, callNow: false } },
     }),
   ),
   ...(['received', 'dial_pending', 'night_wait', 'no_answer_wait', 'manual', 'voicemail'] as const).map(
@@ -392,7 +393,7 @@ const ROWS: Row[] = [
       name: `${s}: Call now dials at once`,
       lead: { state: s, attempts: 1 },
       event: op('call_now'),
-      expect: { state: 'dial_pending', runAt: DAY, effects: ['crm.comment:operator'], reason: 'operator_call_now', patch: { callNow: true } },
+      expect: { state: 'dial_pending', runAt: DAY, effects: s === 'received' ? ['crm.create', 'crm.comment:operator'] : ['crm.comment:operator'], reason: 'operator_call_now', patch: { callNow: true } },
     }),
   ),
   ...(['manual', 'voicemail'] as const).map(
@@ -453,6 +454,12 @@ const ROWS: Row[] = [
     lead: calling(1),
     event: { type: 'phone_corrected', phone: '+79160000000' },
     expect: { state: 'calling', runAt: 'keep', effects: ['crm.comment:operator'], reason: 'phone_corrected', patch: { phone: '+79160000000' } },
+  },
+  {
+    name: 'received: a corrected phone is kept; the lead moves on by itself (one CRM creation, on its tick)',
+    lead: { state: 'received' },
+    event: { type: 'phone_corrected', phone: '+79160000000' },
+    expect: { state: 'received', runAt: 'keep', effects: ['crm.comment:operator'], reason: 'phone_corrected', patch: { phone: '+79160000000' } },
   },
   {
     name: 'confirmed: a corrected phone is recorded, nothing else',
@@ -718,6 +725,8 @@ describe('lead machine: properties over any lead and event', () => {
         if (lead.crmStatus === 'created') expect(a.patch.crmStatus).toBeUndefined();
         // CRM creation is asked for once: when a lead leaves `received`.
         if (kinds.includes('crm.create')) expect(lead.state).toBe('received');
+        // ... and always then: whatever moves a lead out of `received` starts its CRM track.
+        if (lead.state === 'received' && a.state !== 'received') expect(kinds).toContain('crm.create');
         // Ignored events change nothing at all.
         if (a.ignored) {
           expect(a.state).toBe(lead.state);

@@ -198,8 +198,7 @@ export function decide(lead: LeadSnapshot, event: LeadEvent, now: Date, policy: 
 function onCallScheduled(lead: LeadSnapshot, at: Date, now: Date, policy: Policy): Decision {
   if (!allowedActions(lead).includes('call_now')) return keep(lead, 'operator_schedule_not_allowed');
   const when = at.getTime() > now.getTime() ? at : now;
-  const effects: Effect[] = [{ kind: 'crm.comment', body: { note: 'call_scheduled', at: when.toISOString(), tz: policy.businessTz } }];
-  if (lead.state === 'received') effects.unshift({ kind: 'crm.create' });
+  const effects = withCrmStart(lead, [{ kind: 'crm.comment', body: { note: 'call_scheduled', at: when.toISOString(), tz: policy.businessTz } }]);
   return {
     state: 'dial_pending',
     runAt: when,
@@ -385,15 +384,16 @@ function onStartFailed(lead: LeadSnapshot, attemptId: string, failure: StartFail
 
 function onOperator(lead: LeadSnapshot, action: OperatorAction, now: Date): Decision {
   if (!allowedActions(lead).includes(action)) return keep(lead, `operator_${action}_not_allowed`);
-  const note: Effect = { kind: 'crm.comment', body: { note: 'operator', action } };
+  // A lead still `received` has not started its CRM track: it starts now, whatever the operator chose.
+  const effects = withCrmStart(lead, [{ kind: 'crm.comment', body: { note: 'operator', action } }]);
   switch (action) {
     case 'manual':
-      return { state: 'manual', runAt: null, effects: [note], patch: { currentAttemptId: null, callNow: false }, reason: 'operator_manual' };
+      return { state: 'manual', runAt: null, effects, patch: { currentAttemptId: null, callNow: false }, reason: 'operator_manual' };
     case 'retry':
       return {
         state: 'dial_pending',
         runAt: now,
-        effects: [note],
+        effects,
         patch: { budgetBase: lead.attempts, currentAttemptId: null, callNow: false },
         reason: 'operator_retry',
       };
@@ -401,18 +401,24 @@ function onOperator(lead: LeadSnapshot, action: OperatorAction, now: Date): Deci
       return {
         state: 'dial_pending',
         runAt: now,
-        effects: [note],
+        effects,
         patch: { callNow: true, currentAttemptId: null },
         reason: 'operator_call_now',
       };
   }
 }
 
+/** The effects of an operator's action, led by the CRM lead's creation when the lead is still `received`. */
+function withCrmStart(lead: LeadSnapshot, effects: Effect[]): Effect[] {
+  return lead.state === 'received' ? [{ kind: 'crm.create' }, ...effects] : effects;
+}
+
 function onPhoneCorrected(lead: LeadSnapshot, phone: string | null, now: Date): Decision {
   const note: Effect = { kind: 'crm.comment', body: { note: 'operator', action: 'phone_corrected' } };
   const patch: LeadPatch = { phone, phoneCorrected: true };
-  // A call in progress finishes with the old number; anything else dials the new one.
-  if (lead.state === 'calling' || lead.state === 'confirmed' || phone === null) {
+  // A call in progress finishes with the old number; a lead still `received` moves on by
+  // itself (and then dials the new number); anything else dials the new one.
+  if (lead.state === 'calling' || lead.state === 'confirmed' || lead.state === 'received' || phone === null) {
     return { state: lead.state, runAt: 'keep', effects: [note], patch, reason: 'phone_corrected' };
   }
   return {

@@ -40,7 +40,14 @@ export interface EffectRunnerDeps {
   enqueueCards(leadId: number): Promise<void>;
   /** Daily caps on calls and SMS per phone number (reservations taken before each). */
   phoneCaps?: PhoneCaps | undefined;
+  /** Vendors paused automatic calls and SMS (/pause): queued ones wait too. */
+  isPaused?: () => boolean;
 }
+
+/** How often an SMS held by /pause looks again (resuming puts it back in line at once). */
+export const PAUSE_RECHECK_MS = 60_000;
+/** `last_error` of an effect held by /pause. */
+export const HELD_BY_PAUSE = 'paused';
 
 type Lane = 'telephony' | 'crm';
 
@@ -135,6 +142,14 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     if (r === null) await finish(e, { ...result, skipped: 'lead gone' }, 'dead');
   }
 
+  /** Puts an effect back without counting the try: vendors paused automatic calls and SMS. */
+  async function holdWhilePaused(e: Claimed): Promise<void> {
+    await db.orm
+      .update(effects)
+      .set({ status: 'pending', runAt: new Date(clock.now().getTime() + PAUSE_RECHECK_MS), leaseUntil: null, lastError: HELD_BY_PAUSE, attempts: sql`${effects.attempts} - 1` })
+      .where(eq(effects.id, e.id));
+  }
+
   async function retryLater(e: Claimed, err: unknown, delayMs: number): Promise<void> {
     const now = clock.now();
     await db.orm
@@ -199,6 +214,13 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       await finishAndApply(e, { skipped: 'no usable phone' }, 'dead', { type: 'call_start_failed', attemptId, failure: 'invalid_number' }, { error: 'no_phone' });
       return;
     }
+    if (deps.isPaused?.() && !lead.callNow) {
+      // Paused after this call was decided: it is not placed and uses no attempt; the
+      // lead waits in dial_pending like every other until /resume. (Call now still calls.)
+      await deps.phoneCaps?.release(`call:${attemptId}`);
+      await finishAndApply(e, { skipped: 'calls paused' }, 'dead', { type: 'call_start_failed', attemptId, failure: 'blocked' }, { error: 'paused' });
+      return;
+    }
     try {
       const r = await deps.telephony.startCall({
         leadId: lead.id,
@@ -256,6 +278,10 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       // A night SMS held up (telephony down) until the lead was called or handed over
       // would now promise a call that already happened: it is dropped, never sent late.
       await finishWithNote(e, { skipped: `lead is ${lead.state}` }, 'dead', 'sms_night_dropped', { sms: kind, state: lead.state }, 'sms');
+      return;
+    }
+    if (deps.isPaused?.()) {
+      await holdWhilePaused(e);
       return;
     }
     if (deps.phoneCaps) {

@@ -18,7 +18,7 @@ import {
   type CallOutcome,
 } from '../domain/lead-machine.js';
 import { hashToken, newAttemptId, newSecret, tokenFor, tokenMatches } from './tokens.js';
-import { createEffectRunner, type EffectRunnerDeps } from './effects.js';
+import { createEffectRunner, HELD_BY_PAUSE, type EffectRunnerDeps } from './effects.js';
 import { tickBatch } from './tick-batch.js';
 
 export type EnginePolicy = Omit<Policy, 'paused'>;
@@ -393,6 +393,7 @@ export function createEngine(deps: EngineDeps) {
     ...deps,
     apply: (leadId, event, data, also) => apply(leadId, event, SYSTEM, data, also),
     tokenFor: attemptToken,
+    isPaused: () => paused,
     enqueueCards: async (leadId) => {
       await db.orm.transaction((tx) => enqueueCards(tx, leadId, clock.now()));
       deps.onCardsQueued?.();
@@ -544,7 +545,20 @@ export function createEngine(deps: EngineDeps) {
     await putSetting(db, PAUSED_KEY, value, clock.now());
     paused = value;
     log.info({ actor: actor.id, paused: value }, value ? 'automatic calls paused' : 'automatic calls resumed');
-    if (!value) wake();
+    if (!value) {
+      // SMS held by the pause go back in line now (the leads are woken by the re-check).
+      const now = ts(clock.now());
+      await db.query(sql`update effects set run_at = ${now} where status = 'pending' and last_error = ${HELD_BY_PAUSE}`);
+      // Leads that waited only because of the pause (their latest contact-track entry
+      // says so) are due now instead of at their next re-check.
+      await db.query(sql`
+        update leads l set next_run_at = ${now}
+        where l.state = 'dial_pending' and l.next_run_at > ${now}
+          and exists (select 1 from (select e.reason, e.data from lead_events e where e.lead_id = l.id and e.track = 'contact' order by e.id desc limit 1) last
+                      where last.reason = 'paused' or (last.reason = 'telephony_blocked' and last.data->>'error' = 'paused'))`);
+      wake();
+      runner.wake();
+    }
   }
 
   function wake(): void {

@@ -113,6 +113,11 @@ export function createIncidents(deps: IncidentDeps) {
       const now = clock.now();
       const iso = sql`${now.toISOString()}::timestamptz`;
       const lane = laneOf(inc.provider as ProviderName);
+      if (lane === 'telegram') {
+        // Telegram blocks no lead: what waits is the outbox, which goes back in line now.
+        const msgs = await db.query<{ id: number }>(sql`update tg_outbox set run_at = ${iso} where status = 'pending' and run_at > ${iso} returning id`);
+        return { found: true, effects: msgs.length, leads: 0 };
+      }
       const kinds = lane === 'crm' ? sql`kind like 'crm.%'` : sql`(kind like 'call.%' or kind like 'sms.%')`;
       const eff = await db.query<{ id: number }>(
         sql`update effects set run_at = ${iso} where status = 'pending' and ${kinds} returning id`,
@@ -127,7 +132,7 @@ export function createIncidents(deps: IncidentDeps) {
               returning id`,
         );
         leadCount = l.length;
-      } else if (lane === 'crm') {
+      } else {
         const l = await db.query<{ id: number }>(sql`select id from leads where crm_status = 'error'`);
         leadCount = l.length;
       }
