@@ -58,13 +58,26 @@ interface Req {
   body: string;
 }
 
+/**
+ * Any character at all: control characters and NUL (binary-ascii), the whole Unicode
+ * range (binary) and unpaired surrogates. fast-check's default unit is printable ASCII
+ * only, which never finds what PostgreSQL refuses (0x00, SQLSTATE 22021).
+ */
+const anyChar = fc.oneof(
+  fc.string({ unit: 'binary-ascii', minLength: 1, maxLength: 1 }),
+  fc.string({ unit: 'binary', minLength: 1, maxLength: 1 }),
+  fc.integer({ min: 0xd800, max: 0xdfff }).map((c) => String.fromCharCode(c)),
+  fc.constant('\u0000'),
+);
+const anyString = (c: { minLength?: number; maxLength?: number } = {}) => fc.string({ unit: anyChar, ...c });
+
 const KNOWN = ['name', 'phone', 'city', 'timezone', 'partner', 'ref', 'ip', 'comment', 'extra'];
 /** Field names that are not the lead's own fields (unknown fields go to `extra`). */
-const otherKey = fc.string({ minLength: 1, maxLength: 12 }).filter((k) => !KNOWN.includes(k) && k !== '__proto__');
-const smallJson = fc.jsonValue({ maxDepth: 2 });
+const otherKey = anyString({ minLength: 1, maxLength: 12 }).filter((k) => !KNOWN.includes(k) && k !== '__proto__');
+const smallJson = fc.jsonValue({ maxDepth: 2, stringUnit: anyChar });
 const otherFields = fc.dictionary(otherKey, smallJson, { maxKeys: 4 });
 const goodPhone = fc.constantFrom('+79161234567', '8 (916) 123-45-67', '9161234567', '+1 415 555 0134', '1234567890');
-const notJson = fc.string({ maxLength: 200 }).filter((s) => {
+const notJson = anyString({ maxLength: 200 }).filter((s) => {
   try {
     JSON.parse(s);
     return false;
@@ -72,7 +85,7 @@ const notJson = fc.string({ maxLength: 200 }).filter((s) => {
     return true;
   }
 });
-const nonObject = fc.oneof(fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.array(smallJson, { maxLength: 4 }), fc.string({ maxLength: 30 }));
+const nonObject = fc.oneof(fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.array(smallJson, { maxLength: 4 }), anyString({ maxLength: 30 }));
 const contentType = fc.constantFrom('application/json', 'application/json; charset=utf-8', 'text/plain', 'application/octet-stream', '');
 const badPhone = fc.oneof(
   fc.constant(undefined),
@@ -99,7 +112,7 @@ const wrongType = fc.oneof(
   fc.constantFrom('name', 'city', 'comment', 'partner', 'ref', 'timezone', 'ip').chain((f) =>
     fc.oneof(fc.boolean(), fc.array(smallJson, { maxLength: 2 }), fc.dictionary(otherKey, smallJson, { minKeys: 1, maxKeys: 2 })).map((v) => [f, v] as const),
   ),
-  fc.oneof(fc.string({ maxLength: 10 }), fc.integer(), fc.boolean(), fc.array(smallJson, { maxLength: 2 })).map((v) => ['extra', v] as const),
+  fc.oneof(anyString({ maxLength: 10 }), fc.integer(), fc.boolean(), fc.array(smallJson, { maxLength: 2 })).map((v) => ['extra', v] as const),
 );
 const deepJson = fc.integer({ min: 40, max: 3000 }).map((d) => `{"phone":"+79161234567","extra":{"a":${'['.repeat(d)}${']'.repeat(d)}}}`);
 const tooBig = fc.integer({ min: 64 * 1024 + 1, max: 200 * 1024 }).map((n) => JSON.stringify({ phone: '+79161234567', comment: 'z'.repeat(n) }));
@@ -107,7 +120,7 @@ const tooBig = fc.integer({ min: 64 * 1024 + 1, max: 200 * 1024 }).map((n) => JS
 const leadRequest: fc.Arbitrary<Req> = fc.oneof(
   fc.record({ body: notJson, ct: contentType }).map(({ body, ct }) => ({ path: '/v1/leads', method: 'POST' as const, headers: (ct ? { 'content-type': ct } : {}) as Record<string, string>, body })),
   nonObject.map((v) => ({ path: '/v1/leads', method: 'POST' as const, headers: { 'content-type': 'application/json' }, body: JSON.stringify(v) ?? 'null' })),
-  fc.record({ rest: otherFields, phone: badPhone, name: fc.option(fc.string({ maxLength: 20 })) }).map(({ rest, phone, name }) => ({
+  fc.record({ rest: otherFields, phone: badPhone, name: fc.option(anyString({ maxLength: 20 })) }).map(({ rest, phone, name }) => ({
     path: '/v1/leads',
     method: 'POST' as const,
     headers: { 'content-type': 'application/json' },
@@ -127,26 +140,27 @@ const leadRequest: fc.Arbitrary<Req> = fc.oneof(
   })),
   deepJson.map((body) => ({ path: '/v1/leads', method: 'POST' as const, headers: { 'content-type': 'application/json' }, body })),
   tooBig.map((body) => ({ path: '/v1/leads', method: 'POST' as const, headers: { 'content-type': 'application/json' }, body })),
-  fc.record({ name: fc.string({ maxLength: 30 }), phone: fc.constantFrom(undefined, '', '  '), more: fc.dictionary(otherKey, fc.string({ maxLength: 10 }), { maxKeys: 3 }) }).map(({ name, phone, more }) => {
+  fc.record({ name: anyString({ maxLength: 30 }), phone: fc.constantFrom(undefined, '', '  '), more: fc.dictionary(otherKey, anyString({ maxLength: 10 }), { maxKeys: 3 }) }).map(({ name, phone, more }) => {
     const form = new URLSearchParams({ ...more, name });
     if (phone !== undefined) form.set('phone', phone);
     return { path: '/v1/leads', method: 'POST' as const, headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form.toString() };
   }),
-  fc.string({ maxLength: 300 })
+  anyString({ maxLength: 300 })
     .filter((s) => !s.toLowerCase().includes('phone'))
     .map((body) => ({ path: '/v1/leads', method: 'POST' as const, headers: { 'content-type': 'multipart/form-data; boundary=XyZ' }, body })),
 );
 
 const opPost = (post: Record<string, unknown>, ref?: string) => ({ ref, type: 'create', obj: 'task', conv_id: 31754, data: { post, cookies: { utm_source: 'p1' }, server: { REMOTE_ADDR: '203.0.113.5' } } });
 /** An envelope operation that is fine on its own. */
-const goodOp = fc.record({ name: fc.string({ maxLength: 20 }), phone: goodPhone }).map((p) => opPost(p));
+const goodOp = fc.record({ name: anyString({ maxLength: 20 }), phone: goodPhone }).map((p) => opPost(p));
 /** One that is not: its phone is missing, blank or of a wrong type, or a field is over its limit. */
 const badOp = fc.oneof(
-  fc.record({ name: fc.string({ maxLength: 20 }), phone: badPhone }).map(({ name, phone }) => opPost(phone === undefined ? { name } : { name, phone })),
+  fc.record({ name: anyString({ maxLength: 20 }), phone: badPhone }).map(({ name, phone }) => opPost(phone === undefined ? { name } : { name, phone })),
   fc.record({ phone: goodPhone, n: fc.integer({ min: 201, max: 500 }) }).map(({ phone, n }) => opPost({ phone, name: 'N'.repeat(n) })),
   fc.record({ phone: goodPhone, n: fc.integer({ min: 2001, max: 3000 }) }).map(({ phone, n }) => opPost({ phone, comment: 'c'.repeat(n) })),
 );
-const envelopePath = fc.record({ conv: fc.string({ minLength: 1, maxLength: 12 }), key: fc.string({ minLength: 1, maxLength: 12 }) }).map(
+// 'binary' has no lone surrogates, which encodeURIComponent cannot encode.
+const envelopePath = fc.record({ conv: fc.string({ unit: 'binary', minLength: 1, maxLength: 12 }), key: fc.string({ unit: 'binary', minLength: 1, maxLength: 12 }) }).map(
   ({ conv, key }) => `/api/1/json/public/${encodeURIComponent(conv)}/${encodeURIComponent(key)}`,
 );
 const envelopeRequest: fc.Arbitrary<Req> = fc.record({
@@ -176,16 +190,26 @@ const OUTCOMES = ['answered', 'voicemail', 'no_answer', 'busy', 'unavailable', '
 function callResultRequest(real: RealAttempt): fc.Arbitrary<Req> {
   const req = (body: string): Req => ({ path: '/v1/calls/result', method: 'POST', headers: { 'content-type': 'application/json' }, body });
   const outcome = fc.constantFrom(...OUTCOMES);
-  const wrongToken = fc.string({ minLength: 1, maxLength: 200 }).filter((t) => t !== real.token);
+  const idLike = (max: number) => fc.string({ unit: fc.constantFrom(...'ABCXYZabcxyz0189-_'), minLength: 1, maxLength: max });
+  const wrongToken = fc.oneof(idLike(200), anyString({ minLength: 1, maxLength: 200 })).filter((t) => t !== real.token);
   return fc.oneof(
     notJson.map(req),
     nonObject.map((v) => req(JSON.stringify(v) ?? 'null')),
     // Missing or malformed fields.
-    fc.record({ attempt: fc.option(smallJson), token: fc.option(smallJson), outcome: fc.option(fc.string({ maxLength: 12 })) }).map((b) => req(JSON.stringify(b))),
-    fc.record({ attempt: fc.string({ minLength: 1, maxLength: 40 }), token: fc.string({ minLength: 1, maxLength: 40 }), outcome, duration: fc.oneof(fc.integer({ max: -1 }), fc.integer({ min: 86_401 })) }).map((b) => req(JSON.stringify(b))),
-    fc.record({ attempt: fc.string({ minLength: 101, maxLength: 300 }), token: fc.string({ minLength: 1, maxLength: 10 }), outcome }).map((b) => req(JSON.stringify(b))),
+    fc.record({ attempt: fc.option(smallJson), token: fc.option(smallJson), outcome: fc.option(anyString({ maxLength: 12 })) }).map((b) => req(JSON.stringify(b))),
+    fc.record({ attempt: anyString({ minLength: 1, maxLength: 40 }), token: anyString({ minLength: 1, maxLength: 40 }), outcome, duration: fc.oneof(fc.integer({ max: -1 }), fc.integer({ min: 86_401 })) }).map((b) => req(JSON.stringify(b))),
+    fc.record({ attempt: anyString({ minLength: 101, maxLength: 300 }), token: anyString({ minLength: 1, maxLength: 10 }), outcome }).map((b) => req(JSON.stringify(b))),
     // Well-formed, for attempts that do not exist: 404.
-    fc.record({ attempt: fc.string({ minLength: 1, maxLength: 100 }).filter((a) => a !== real.attempt), token: fc.string({ minLength: 1, maxLength: 200 }), outcome, code: fc.option(fc.integer()), reason: fc.option(fc.string({ maxLength: 100 })) }).map((b) => req(JSON.stringify(b))),
+    fc.record({ attempt: idLike(100).filter((a) => a !== real.attempt), token: idLike(200), outcome, code: fc.option(fc.integer()), reason: fc.option(anyString({ maxLength: 100 })) }).map((b) => req(JSON.stringify(b))),
+    // Any characters at all in every string field (NUL, control characters, lone surrogates).
+    fc.record({
+      attempt: fc.oneof(anyString({ minLength: 1, maxLength: 100 }), fc.constant(real.attempt)),
+      token: fc.oneof(anyString({ minLength: 1, maxLength: 200 }), idLike(200)),
+      outcome,
+      code: fc.option(anyString({ maxLength: 50 })),
+      reason: fc.option(anyString({ maxLength: 100 })),
+      session_id: fc.option(anyString({ maxLength: 100 })),
+    }).map((b) => req(JSON.stringify(b))),
     // The real attempt with a wrong token: 403, the lead untouched.
     fc.record({ token: wrongToken, outcome }).map((b) => req(JSON.stringify({ attempt: real.attempt, ...b }))),
     deepJson.map(req),
@@ -246,6 +270,19 @@ describe('hostile input: 10,000 generated bad requests', () => {
     const ok = await s.service.app.request('/v1/leads', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'After', phone: '+79161230008' }) });
     expect(ok.status).toBe(201);
   }, 180_000);
+
+  it('refuses a call result whose attempt holds NUL (PostgreSQL cannot compare it) with a 4xx', async () => {
+    for (const attempt of ['a\u0000b', '\u0000', `${real.attempt}\u0000`, 'a\ud800b']) {
+      const r = await s.service.app.request('/v1/calls/result', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ attempt, token: 't', outcome: 'answered' }) });
+      expect([404, 422], attempt).toContain(r.status);
+    }
+    const r = await s.service.app.request('/v1/calls/result', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ attempt: real.attempt, token: 'wrong\u0000', outcome: 'answered', reason: 'x\u0000y', code: '\u0000', session_id: '\u0000' }),
+    });
+    expect([403, 422]).toContain(r.status);
+  });
 
   it('stores odd but acceptable text (NUL, lone surrogates, any Unicode, odd keys) and never answers 5xx', async () => {
     const nasty = fc.constantFrom('a', 'Ω', '\u0000', '\ud800', '\udfff', '😀', '\u202e', '"', '\\', '\n', '<script>', '%00', "'; drop table leads; --");

@@ -11,7 +11,7 @@ import { getLead, getLeadEvents, insertLead, leadToJson, listLeads } from '../db
 import type { Engine } from '../engine/engine.js';
 import { CALL_OUTCOMES } from '../integrations/types.js';
 import { CONTACT_STATES } from '../domain/lead-machine.js';
-import { envelopeSchema, envelopeToBody, FieldError, leadBodySchema, toNewLead } from './intake.js';
+import { envelopeSchema, envelopeToBody, FieldError, leadBodySchema, storableText, toNewLead } from './intake.js';
 import { openApiDocument } from './openapi.js';
 import { clientAddress, createRateLimiter, socketAddress, type RateLimitRule } from './rate-limit.js';
 
@@ -183,14 +183,19 @@ async function readBody(c: Context, forceJson = false): Promise<{ ok: true; body
   return { ok: true, body };
 }
 
+/** Attempt ids and their tokens are base64url (src/engine/tokens.ts); anything else is no attempt of ours. */
+const BASE64URL = /^[A-Za-z0-9_-]+$/;
+/** Free text that is stored: no NUL (PostgreSQL refuses it, SQLSTATE 22021), no unpaired surrogate (jsonb refuses it). */
+const storable = (max: number) => z.string().max(max).transform(storableText);
+
 const callResultSchema = z.object({
-  attempt: z.string().min(1).max(100),
-  token: z.string().min(1).max(200),
+  attempt: z.string().min(1).max(100).regex(BASE64URL, 'is not an attempt id'),
+  token: z.string().min(1).max(200).regex(BASE64URL, 'is not a token'),
   outcome: z.enum(CALL_OUTCOMES),
-  code: z.union([z.string().max(50), z.number()]).optional().nullable(),
-  reason: z.string().max(500).optional().nullable(),
+  code: z.union([storable(50), z.number().finite()]).optional().nullable(),
+  reason: storable(500).optional().nullable(),
   duration: z.number().nonnegative().max(86_400).optional().nullable(),
-  session_id: z.union([z.string().max(200), z.number()]).optional().nullable(),
+  session_id: z.union([storable(200), z.number().finite()]).optional().nullable(),
 });
 
 /** The path as it may be logged: the envelope's `:key` is INTAKE_TOKEN. */
