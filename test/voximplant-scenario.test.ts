@@ -29,6 +29,18 @@ const ResultClass = { VOICEMAIL: 'VOICEMAIL', HUMAN: 'HUMAN', TIMEOUT: 'TIMEOUT'
 
 type Listener = (e: unknown) => void;
 
+/** VoxEngine's Voice: an opaque object taken from VoiceList (not a string). */
+class FakeVoice {
+  constructor(readonly path: string) {}
+}
+/** A slice of the current VoiceList (voximplant.com/docs/references/voxengine/voicelist). */
+const VOICE_LIST = {
+  Amazon: { en_US_Joanna: new FakeVoice('Amazon.en_US_Joanna') },
+  YandexV3: { ru_RU_alena: new FakeVoice('YandexV3.ru_RU_alena'), ru_RU_filipp: new FakeVoice('YandexV3.ru_RU_filipp') },
+};
+/** CallSayParameters' fields (voximplant.com/docs/references/voxengine/callsayparameters). */
+const SAY_PARAMETERS = new Set(['voice', 'ttsOptions', 'progressivePlayback', 'request']);
+
 class Emitter {
   private readonly listeners = new Map<string, Listener[]>();
   addEventListener(event: string, fn: Listener): void {
@@ -59,7 +71,17 @@ class FakeCall extends Emitter {
   startPlayback(url: string): void {
     this.played.push(url);
   }
+  /** Call.say(text, parameters?: CallSayParameters); refuses what the real signature does not have. */
   say(text: string, params?: unknown): void {
+    if (typeof text !== 'string' || text === '') throw new TypeError('Call.say: text must be a non-empty string');
+    if (params !== undefined) {
+      if (params === null || typeof params !== 'object') throw new TypeError('Call.say: parameters must be CallSayParameters');
+      for (const key of Object.keys(params)) {
+        if (!SAY_PARAMETERS.has(key)) throw new TypeError(`Call.say: CallSayParameters has no '${key}'`);
+      }
+      const voice = (params as { voice?: unknown }).voice;
+      if (voice !== undefined && !(voice instanceof FakeVoice)) throw new TypeError('Call.say: voice must be a VoiceList entry');
+    }
     this.said.push({ text, params });
   }
 }
@@ -117,7 +139,7 @@ function runScenario(opts: { customData?: string; posts?: PostAnswer[]; source?:
     Logger: { write: (m: unknown) => logs.push(String(m)) },
     Modules: { AMD: 'AMD' },
     require: (m: unknown) => requires.push(m),
-    VoiceList: { Yandex: { Neural: { ru_RU_alena: 'yandex-neural-alena' } } },
+    VoiceList: VOICE_LIST,
     setTimeout: (fn: () => void, ms: number) => {
       const id = ++seq;
       timers.push({ id, at: now + ms, fn });
@@ -220,7 +242,7 @@ describe('robot-call.js', () => {
     await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'HUMAN', confidence: 93 });
     expect(s.call.said).toHaveLength(1);
     expect(s.call.said[0]?.text).toContain('Анна');
-    expect(s.call.said[0]?.params).toEqual({ language: 'yandex-neural-alena' });
+    expect(s.call.said[0]?.params).toEqual({ voice: VOICE_LIST.YandexV3.ru_RU_alena });
 
     await s.emitCall(CallEvents.PlaybackFinished);
     expect(s.call.hangups).toBe(1);
@@ -253,6 +275,78 @@ describe('robot-call.js', () => {
     await answeredByPerson(s);
     expect(s.call.played).toEqual(['https://cdn.example.com/hello.mp3']);
     expect(s.call.said).toHaveLength(0);
+  });
+
+  it('the fake refuses what the real Call.say does not take (the old `{ language }` form)', async () => {
+    const source = SOURCE.replace('{ voice: voice }', '{ language: voice }');
+    expect(source).not.toBe(SOURCE);
+    const s = runScenario({ source });
+    await s.start();
+    await s.emitCall(CallEvents.Connected);
+    await expect(s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'HUMAN' })).rejects.toThrow(/has no 'language'/);
+    expect(s.call.said).toHaveLength(0);
+  });
+
+  it('a VOICE that is not in VoiceList is logged loudly and the default voice speaks', async () => {
+    const source = SOURCE.replace("const VOICE = 'YandexV3.ru_RU_alena';", "const VOICE = 'Yandex.Neural.ru_RU_alena';");
+    expect(source).not.toBe(SOURCE);
+    const s = runScenario({ source });
+    await s.start();
+    expect(s.logs.join('\n')).toMatch(/WARNING: VOICE Yandex\.Neural\.ru_RU_alena is not in VoiceList/);
+    await s.emitCall(CallEvents.Connected);
+    await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'HUMAN' });
+    expect(s.call.said).toHaveLength(1);
+    expect(s.call.said[0]?.params).toBeUndefined();
+  });
+
+  it('another voice from VoiceList is passed as it is', async () => {
+    const source = SOURCE.replace("const VOICE = 'YandexV3.ru_RU_alena';", "const VOICE = 'YandexV3.ru_RU_filipp';");
+    const s = runScenario({ source });
+    await answeredByPerson(s);
+    expect(s.call.said[0]?.params).toEqual({ voice: VOICE_LIST.YandexV3.ru_RU_filipp });
+    expect(s.logs.join('\n')).not.toContain('WARNING');
+  });
+
+  it('a recording that cannot be played: the text is spoken instead, then answered', async () => {
+    const source = SOURCE.replace("const RECORDING_URL = '';", "const RECORDING_URL = 'https://cdn.example.com/missing.mp3';");
+    const s = runScenario({ source });
+    await answeredByPerson(s);
+    expect(s.call.played).toEqual(['https://cdn.example.com/missing.mp3']);
+    await s.emitCall(CallEvents.PlaybackFinished, { error: 'Failed to load https://cdn.example.com/missing.mp3: 404' });
+    expect(s.call.said).toHaveLength(1);
+    expect(s.call.said[0]?.text).toContain('Анна');
+    expect(s.call.said[0]?.params).toEqual({ voice: VOICE_LIST.YandexV3.ru_RU_alena });
+    expect(s.call.hangups).toBe(0); // still speaking
+    expect(s.posts).toHaveLength(0);
+
+    await s.emitCall(CallEvents.PlaybackFinished);
+    expect(s.call.hangups).toBe(1);
+    await s.emitCall(CallEvents.Disconnected, { duration: 11 });
+    expect(s.posts.map((p) => p.body)).toEqual([
+      { attempt: ATTEMPT, token: TOKEN, outcome: 'answered', code: 200, reason: 'tts_after_playback_error', duration: 11, session_id: '777' },
+    ]);
+  });
+
+  it('neither the recording nor the text could be played: failed / playback_error, not answered', async () => {
+    const source = SOURCE.replace("const RECORDING_URL = '';", "const RECORDING_URL = 'https://cdn.example.com/missing.mp3';");
+    const s = runScenario({ source });
+    await answeredByPerson(s);
+    await s.emitCall(CallEvents.PlaybackFinished, { error: 'Failed to load' });
+    await s.emitCall(CallEvents.PlaybackFinished, { error: 'TTS error 400' });
+    expect(s.call.hangups).toBe(1);
+    await s.emitCall(CallEvents.Disconnected, { duration: 5 });
+    expect(s.posts).toHaveLength(1);
+    expect(s.posts[0]?.body).toMatchObject({ outcome: 'failed', reason: 'playback_error' });
+    expect(s.posts[0]?.body.code).toBeUndefined();
+  });
+
+  it('a spoken text that fails (no recording): failed / playback_error', async () => {
+    const s = runScenario();
+    await answeredByPerson(s);
+    await s.emitCall(CallEvents.PlaybackFinished, { error: 'TTS error 400' });
+    await s.emitCall(CallEvents.Disconnected, { duration: 3 });
+    expect(s.call.said).toHaveLength(1);
+    expect(s.posts[0]?.body).toMatchObject({ outcome: 'failed', reason: 'playback_error' });
   });
 
   it('speaks the text without a name when there is none', async () => {

@@ -16,7 +16,9 @@
  *
  * Outcomes (see hotlead's DESIGN.md, POST /v1/calls/result):
  *   answered        a person picked up; code 200; reason message_played,
- *                   hangup_during_message or playback_error
+ *                   hangup_during_message, or tts_after_playback_error (the recording
+ *                   failed and the text was spoken instead); if the text cannot be
+ *                   spoken either: failed, reason playback_error (nobody heard anything)
  *   voicemail       AMD heard an answering machine; the call is hung up
  *   no_answer       SIP 480 / 408 / 487, ringing longer than RING_TIMEOUT_S, or the
  *                   callee hung up before the message started (hangup_before_message)
@@ -44,14 +46,22 @@ const CALLBACK_URL = PUBLIC_URL + '/v1/calls/result';
 /** Caller id shown to the customer: a number rented in or verified with VoxImplant (digits). */
 const CALLER_ID = '74950000000';
 
-/** An mp3/wav URL to play to a person. Empty: SPEAK_TEXT is spoken with VOICE instead. */
+/**
+ * An mp3/wav URL to play to a person. Empty: SPEAK_TEXT is spoken with VOICE instead.
+ * If the recording cannot be played (broken URL, unreachable host), the text is spoken.
+ */
 const RECORDING_URL = '';
 /** Spoken when the custom data has a name; {name} is replaced by it. */
 const SPEAK_TEXT_NAMED = 'Здравствуйте, {name}! Спасибо за заказ. Наш менеджер скоро вам перезвонит. До свидания!';
 /** Spoken without a name. */
 const SPEAK_TEXT = 'Здравствуйте! Спасибо за заказ. Наш менеджер скоро вам перезвонит. До свидания!';
-/** TTS voice, a path inside VoiceList (VoxEngine's default voice when it does not resolve). */
-const VOICE = 'Yandex.Neural.ru_RU_alena';
+/**
+ * TTS voice, a path inside VoiceList, e.g. 'YandexV3.ru_RU_alena' (Yandex neural, Russian
+ * female). It must exist in VoxEngine's current VoiceList: a path that does not resolve is
+ * logged loudly and VoxEngine's default voice (an English Amazon voice) is used instead.
+ * Empty: the default voice, on purpose.
+ */
+const VOICE = 'YandexV3.ru_RU_alena';
 
 /** AMD model, a key of AMD.Model (RU, KZ, US, EU_GENERAL...). Empty: no answering-machine detection. */
 const AMD_MODEL = 'RU';
@@ -94,6 +104,8 @@ let earlyVerdict = null; // an AMD verdict that arrived before Connected
 let connectedAt = 0;
 let duration;
 let messageStarted = false;
+let spoken = false; // the text (not the recording) is what is playing
+let voice; // resolved VOICE, or undefined for VoxEngine's default
 let result = null; // {outcome, code, reason}
 let reported = false;
 let delivered = false;
@@ -233,14 +245,26 @@ function report() {
 // ----------------------------------------------------------------- call
 
 function resolveVoice() {
-  if (typeof VoiceList === 'undefined' || VOICE === '') return undefined;
-  let v = VoiceList;
+  if (VOICE === '') return undefined;
+  let v = typeof VoiceList === 'undefined' ? undefined : VoiceList;
   const parts = VOICE.split('.');
-  for (let i = 0; i < parts.length; i++) {
-    if (v === null || v === undefined) return undefined;
-    v = v[parts[i]];
+  for (let i = 0; i < parts.length && v !== null && v !== undefined; i++) v = v[parts[i]];
+  if (v === null || v === undefined) {
+    log('WARNING: VOICE ' + VOICE + ' is not in VoiceList; speaking with the default (English) voice. Fix VOICE in robot-call.js');
+    return undefined;
   }
-  return v === null ? undefined : v;
+  return v;
+}
+
+function messageText() {
+  return data.name !== '' ? SPEAK_TEXT_NAMED.split('{name}').join(data.name) : SPEAK_TEXT;
+}
+
+function speak() {
+  spoken = true;
+  // CallSayParameters: `voice` picks the TTS voice (there is no `language` parameter).
+  if (voice !== undefined) call.say(messageText(), { voice: voice });
+  else call.say(messageText());
 }
 
 function createAmd() {
@@ -272,14 +296,8 @@ function startMessage() {
   if (messageStarted || result !== null) return;
   messageStarted = true;
   clearTimer('amd');
-  if (RECORDING_URL !== '') {
-    call.startPlayback(RECORDING_URL);
-  } else {
-    const text = data.name !== '' ? SPEAK_TEXT_NAMED.split('{name}').join(data.name) : SPEAK_TEXT;
-    const voice = resolveVoice();
-    if (voice !== undefined) call.say(text, { language: voice });
-    else call.say(text);
-  }
+  if (RECORDING_URL !== '') call.startPlayback(RECORDING_URL);
+  else speak();
 }
 
 function onConnected() {
@@ -332,8 +350,24 @@ function onAmdError(e) {
 }
 
 function onPlaybackFinished(e) {
-  if (!messageStarted) return;
-  decide('answered', 200, e && e.error ? 'playback_error' : 'message_played');
+  if (!messageStarted || result !== null) return;
+  const error = e && e.error;
+  if (error && !spoken) {
+    // The customer heard nothing of the recording: say the text instead.
+    log('recording could not be played (' + error + '), speaking the text instead');
+    try {
+      speak();
+      return;
+    } catch (err) {
+      log('the text could not be spoken either (' + err + ')');
+    }
+  }
+  if (error) {
+    log('the text could not be spoken (' + error + ')');
+    decide('failed', undefined, 'playback_error');
+  } else {
+    decide('answered', 200, RECORDING_URL !== '' && spoken ? 'tts_after_playback_error' : 'message_played');
+  }
   hangupAndReport();
 }
 
@@ -379,6 +413,7 @@ VoxEngine.addEventListener(AppEvents.Started, function (e) {
   }
   data = parsed;
   log('calling ' + maskPhone(data.phone) + ' for attempt ' + data.attempt);
+  voice = resolveVoice(); // also needed with a recording: the text is the fallback
 
   amd = createAmd();
   amdUsable = amd !== null;
