@@ -73,7 +73,34 @@ const LANE_FILTER: Record<Lane, ReturnType<typeof sql>> = {
 /** Quick retries for a call that could not be started before the attempt counts as failed. */
 const CALL_START_TRIES = 3;
 const SMS_TRIES = 10;
+/** Tries for a CRM write-back that failed for a reason nobody classified (a bug, a garbled answer). */
 const CRM_WRITE_TRIES = 30;
+/** Failures a CRM write-back waits out however long they last (DESIGN: write-backs wait and are not lost). */
+const CRM_WAITS_OUT = new Set<string>(['auth', 'money', 'rate', 'unavailable']);
+
+/**
+ * Does a failed CRM write-back die now? A refusal of its content (bad_request) at once;
+ * an unclassified failure after CRM_WRITE_TRIES; an outage (credentials refused, rate
+ * limits, the portal down) never: it keeps retrying at the backoff cap until it lands.
+ */
+export function crmWriteGivesUp(err: unknown, pe: ProviderError, attempts: number): boolean {
+  if (pe.kind === 'bad_request') return true;
+  if (err instanceof ProviderError && CRM_WAITS_OUT.has(pe.kind)) return false;
+  return attempts >= CRM_WRITE_TRIES;
+}
+
+/**
+ * Write-backs that died of an outage (before write-backs waited outages out) go back in
+ * line: the incident's Retry and the card's Retry CRM call this. `leadId` limits it to one lead.
+ */
+export async function reviveCrmWrites(ex: { execute(q: ReturnType<typeof sql>): Promise<unknown> }, now: Date, leadId?: number): Promise<void> {
+  await ex.execute(sql`
+    update effects set status = 'pending', run_at = ${now.toISOString()}::timestamptz, attempts = 0, done_at = null,
+      lease_until = null, last_error = coalesce(result->>'error', last_error), result = null
+    where status = 'dead' and kind in ('crm.comment', 'crm.final')
+      and result->>'kind' in ('auth', 'money', 'rate', 'unavailable')
+      ${leadId === undefined ? sql`` : sql`and lead_id = ${leadId}`}`);
+}
 
 /** Timeouts: the request went out and the provider may be carrying it out right now. */
 const TIMEOUT_CODES = new Set(['ECONNABORTED', 'ETIMEDOUT', 'ESOCKETTIMEDOUT']);
@@ -406,7 +433,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       const pe = asProviderError(err, deps.crm.provider);
       log.warn({ err: pe, leadId: lead.id, effect: e.kind, kind: pe.kind }, 'CRM write-back failed');
       if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message);
-      if (pe.kind === 'bad_request' || e.attempts >= CRM_WRITE_TRIES) {
+      if (crmWriteGivesUp(err, pe, e.attempts)) {
         await finishWithNote(e, { error: describe(pe), kind: pe.kind }, 'dead', 'crm_write_failed', { effect: e.kind, error: pe.kind });
       } else {
         await retryLater(e, pe, Math.max(pe.retryAfterMs ?? 0, backoffMs(e.attempts, 5_000, 10 * 60_000)));

@@ -18,7 +18,7 @@ import {
   type CallOutcome,
 } from '../domain/lead-machine.js';
 import { hashToken, newAttemptId, newSecret, tokenFor, tokenMatches } from './tokens.js';
-import { createEffectRunner, HELD_BY_PAUSE, type EffectRunnerDeps } from './effects.js';
+import { createEffectRunner, HELD_BY_PAUSE, reviveCrmWrites, type EffectRunnerDeps } from './effects.js';
 import { tickBatch } from './tick-batch.js';
 
 export type EnginePolicy = Omit<Policy, 'paused'>;
@@ -482,6 +482,7 @@ export function createEngine(deps: EngineDeps) {
         await tx.execute(
           sql`update effects set run_at = ${ts(now)} where lead_id = ${leadId} and status = 'pending' and kind like 'crm.%'`,
         );
+        await reviveCrmWrites(tx, now, leadId);
       }
       await tx.insert(leadEvents).values({
         leadId,

@@ -4,6 +4,7 @@ import type { Logger } from '../logger.js';
 import type { Db } from '../db/client.js';
 import { incidents, tgOutbox } from '../db/schema.js';
 import type { FailureKind, ProviderName } from '../integrations/types.js';
+import { reviveCrmWrites } from './effects.js';
 
 /**
  * Failures that need people, told to the vendor chat once per incident: one alert
@@ -119,6 +120,8 @@ export function createIncidents(deps: IncidentDeps) {
         return { found: true, effects: msgs.length, leads: 0 };
       }
       const kinds = lane === 'crm' ? sql`kind like 'crm.%'` : sql`(kind like 'call.%' or kind like 'sms.%')`;
+      // Write-backs that died of an outage (older versions gave up after a few hours) come back too.
+      if (lane === 'crm') await reviveCrmWrites(db.orm, now);
       const eff = await db.query<{ id: number }>(
         sql`update effects set run_at = ${iso} where status = 'pending' and ${kinds} returning id`,
       );
