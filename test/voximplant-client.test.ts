@@ -1,3 +1,5 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
@@ -11,6 +13,7 @@ import {
 } from '../src/integrations/voximplant/client.js';
 import { ProviderError, type StartCallRequest, type TelephonyClient } from '../src/integrations/types.js';
 import { createTestServiceAccount, FakeVoximplantApi, voxAnswers } from './fakes/voximplant-api.js';
+import { startVoxCaller } from './support/vox-caller.js';
 
 const PHONE = '+79161234567';
 const TOKEN = 'tK3n_Qz9-aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1w'; // 43 chars base64url
@@ -107,13 +110,57 @@ describe('VoxImplant client against the fake Management API (api key)', () => {
     ['rate limit', voxAnswers.rateLimit(), 'rate', '340'],
     ['internal error', voxAnswers.internal(), 'unavailable', '2'],
     ['invalid phone', voxAnswers.invalidPhone(), 'invalid_number', '121'],
-    ['invalid rule', voxAnswers.invalidRule(), 'bad_request', '147'],
+    ['invalid arguments', { kind: 'error', code: 101, msg: 'Invalid arguments' }, 'bad_request', '101'],
   ] as const)('maps an HTTP 200 error body: %s', async (_label, answer, kind, code) => {
     api.answerNext('StartScenarios', answer);
     const err = await rejection(client.startCall(callRequest()));
     expect(err.kind).toBe(kind);
     expect(err.code).toBe(code);
     expect(err.message).toContain(`(${code})`);
+  });
+
+  it('a rule VoxImplant does not know (147, from the fake itself) is a configuration incident, not a per-lead bad_request', async () => {
+    const wrongRule = createVoximplantClient({ ...opts, ruleId: 9999 });
+    const err = await rejection(wrongRule.startCall(callRequest()));
+    expect(err).toMatchObject({ provider: 'voximplant', kind: 'auth', code: '147' });
+    expect(err.needsPeople).toBe(true);
+    expect(err.message).toMatch(/configuration: check VOXIMPLANT_RULE_ID/);
+    expect(api.requestsFor('StartScenarios')[0]?.answered).toBe('error');
+  });
+
+  it('a rule without a scenario (375) is a configuration incident too', async () => {
+    api.answerNext('StartScenarios', voxAnswers.noScenario());
+    const err = await rejection(client.startCall(callRequest()));
+    expect(err).toMatchObject({ kind: 'auth', code: '375' });
+    expect(err.needsPeople).toBe(true);
+    expect(err.message).toMatch(/robot-call\.js/);
+  });
+
+  it('an SMS sender that is not an SMS number of the account (422, from the fake itself) is a configuration incident', async () => {
+    const wrongFrom = createVoximplantClient({ ...opts, smsFrom: '+74951111111' });
+    const err = await rejection(wrongFrom.sendSms({ leadId: 1, phone: PHONE, text: 'hi', kind: 'night' }));
+    expect(err).toMatchObject({ kind: 'auth', code: '422' });
+    expect(err.needsPeople).toBe(true);
+    expect(err.message).toMatch(/VOXIMPLANT_SMS_FROM/);
+  });
+
+  it('SMS disabled on the sender number (386) is a configuration incident', async () => {
+    api.answerNext('SendSmsMessage', voxAnswers.smsDisabled());
+    const err = await rejection(client.sendSms({ leadId: 1, phone: PHONE, text: 'hi', kind: 'night' }));
+    expect(err).toMatchObject({ kind: 'auth', code: '386' });
+    expect(err.needsPeople).toBe(true);
+    expect(err.message).toMatch(/enable SMS/);
+  });
+
+  it('a StartScenarios answer with only result: 1 (no media session URLs, no history id) is a started call', async () => {
+    const bare = await FakeVoximplantApi.start({ ruleIds: ['7001'], startScenariosExtras: { mediaSessionUrls: false, callSessionHistoryId: false } });
+    try {
+      const c = createVoximplantClient({ ...opts, apiUrl: bare.url, auth: { accountId: bare.accountId, apiKey: bare.apiKey } });
+      await expect(c.startCall(callRequest())).resolves.toEqual({ sessionId: undefined });
+      expect(bare.requestsFor('StartScenarios')[0]?.answered).toBe('ok');
+    } finally {
+      await bare.close();
+    }
   });
 
   it('money on SendSmsMessage is money too', async () => {
@@ -310,6 +357,48 @@ describe('VoxImplant client with a service account (JWT)', () => {
         log: createLogger({ level: 'silent' }),
       }),
     ).toThrow(/not a readable PEM key/);
+  });
+});
+
+describe('the scenario player of the tests (vox-caller)', () => {
+  it('posts results only for StartScenarios the fake answered with success, never for refused or dropped ones', async () => {
+    const api = await FakeVoximplantApi.start({ ruleIds: ['7001'] });
+    const got: Array<{ attempt: string; outcome: string }> = [];
+    const sink = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString('utf8')));
+      req.on('end', () => {
+        got.push(JSON.parse(body) as { attempt: string; outcome: string });
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      });
+    });
+    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+    const base = `http://127.0.0.1:${(sink.address() as AddressInfo).port}`;
+    const caller = startVoxCaller(api, { target: () => base, pollMs: 5 });
+    try {
+      const client = createVoximplantClient({
+        apiUrl: api.url,
+        auth: { accountId: api.accountId, apiKey: api.apiKey },
+        ruleId: 7001,
+        timeoutMs: 300,
+        log: createLogger({ level: 'silent' }),
+      });
+      api.answerNext('StartScenarios', voxAnswers.money(), voxAnswers.http5xx(502), voxAnswers.drop());
+      for (const attemptId of ['att_money', 'att_502', 'att_drop']) await rejection(client.startCall(callRequest({ attemptId })));
+      // Slower than the client waits: VoxImplant still starts it, so it gets a result.
+      api.answerNext('StartScenarios', voxAnswers.slow(600));
+      await rejection(client.startCall(callRequest({ attemptId: 'att_slow' })));
+      await client.startCall(callRequest({ attemptId: 'att_ok', phone: '+79161234560' }));
+      const deadline = Date.now() + 5000;
+      while ((caller.pending() > 0 || got.length < 2) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(caller.calls.map((c) => c.attempt).sort()).toEqual(['att_ok', 'att_slow']);
+      expect(got.map((g) => g.attempt).sort()).toEqual(['att_ok', 'att_slow']);
+      expect(api.requestsFor('StartScenarios').map((r) => r.answered)).toEqual(['error', 'http', 'dropped', 'ok', 'ok']);
+    } finally {
+      await caller.stop();
+      await api.close();
+      await new Promise((r) => sink.close(r));
+    }
   });
 });
 

@@ -11,14 +11,14 @@ import {
   type TelephonyClient,
 } from '../types.js';
 import { buildCustomData, e164Digits } from './custom-data.js';
-import { retryAfterFromHeader, retryAfterFromMessage, voximplantErrorKind } from './errors.js';
+import { retryAfterFromHeader, retryAfterFromMessage, voximplantConfigHint, voximplantErrorKind } from './errors.js';
 import { VoximplantJwtSigner, type VoximplantServiceAccount } from './jwt.js';
 import { smsSegments } from './sms-segments.js';
 
 export { buildCustomData, VOXIMPLANT_CUSTOM_DATA_LIMIT, type RobotCallCustomData } from './custom-data.js';
 export { smsSegments } from './sms-segments.js';
 export { parseServiceAccountCredentials, type VoximplantServiceAccount } from './jwt.js';
-export { voximplantErrorKind, VOXIMPLANT_ERROR_KINDS } from './errors.js';
+export { voximplantErrorKind, VOXIMPLANT_CONFIG_ERRORS, VOXIMPLANT_ERROR_KINDS } from './errors.js';
 
 export const VOXIMPLANT_DEFAULT_API_URL = 'https://api.voximplant.com/platform_api';
 export const VOXIMPLANT_DEFAULT_TIMEOUT_MS = 10_000;
@@ -165,13 +165,15 @@ export function createVoximplantClient(opts: VoximplantOptions): TelephonyClient
     if (apiError?.success) {
       const { code, msg = '' } = apiError.data.error;
       const kind = res.status >= 500 ? 'unavailable' : voximplantErrorKind(code);
-      if (kind === 'auth') signer?.reset();
+      const hint = voximplantConfigHint(code);
+      if (kind === 'auth' && hint === undefined) signer?.reset();
       const retryAfterMs =
         kind === 'rate'
           ? (retryAfterFromHeader(res.headers['retry-after'], now()) ?? retryAfterFromMessage(msg))
           : undefined;
-      log.warn({ cmd, status: res.status, code, kind, ms }, 'voximplant refused the request');
-      throw fail(kind, `VoxImplant ${cmd} refused (${code}): ${maskPhonesInText(msg).slice(0, 300)}`, {
+      log.warn({ cmd, status: res.status, code, kind, ms, ...(hint ? { configuration: true } : {}) }, 'voximplant refused the request');
+      const text = `VoxImplant ${cmd} refused (${code}): ${maskPhonesInText(msg).slice(0, 300)}`;
+      throw fail(kind, hint ? `${text} [configuration: ${hint}]` : text, {
         code,
         ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
       });

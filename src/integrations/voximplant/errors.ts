@@ -5,10 +5,21 @@ import type { FailureKind } from '../types.js';
  * grouped by what hotlead's engine should do about them. The API answers them with
  * HTTP 200 and a body `{"error":{"code":N,"msg":"..."}}`.
  *
- * Codes not listed here are `bad_request`: the request's content was refused and
- * sending it again will not help (101 Invalid arguments, 147 invalid rule_id,
- * 375 no scenario bound to the rule, 386 SMS disabled for the number, 422 invalid source...).
+ * Codes not listed here are `bad_request`: this request's content was refused and
+ * sending it again will not help (101 Invalid arguments...).
+ *
+ * Configuration refusals (the rule, its scenario, the SMS sender) are the same for every
+ * lead, so they are a needs-people kind: they are classed `auth` (FailureKind has no
+ * separate configuration kind; `auth` and `money` are the ones that open one incident
+ * and hold the lane instead of burning an attempt per lead).
  */
+export const VOXIMPLANT_CONFIG_ERRORS: Readonly<Record<number, string>> = {
+  147: 'check VOXIMPLANT_RULE_ID: VoxImplant does not know this rule', // Invalid 'rule_id'
+  375: 'bind voximplant/robot-call.js to the rule VOXIMPLANT_RULE_ID', // The rule has no scenario
+  386: 'enable SMS for the VOXIMPLANT_SMS_FROM number (ControlSms / control panel)', // SMS is disabled for the number
+  422: 'check VOXIMPLANT_SMS_FROM: not an SMS-capable number of this account', // Invalid 'source'
+};
+
 export const VOXIMPLANT_ERROR_KINDS: Readonly<Record<number, FailureKind>> = {
   // Credentials refused or not allowed: a person must fix the key / service account.
   100: 'auth', // Authorization failed
@@ -17,6 +28,12 @@ export const VOXIMPLANT_ERROR_KINDS: Readonly<Record<number, FailureKind>> = {
   137: 'auth', // The account isn't logged
   281: 'auth', // Account verification required
   447: 'auth', // Invalid token format (JWT)
+
+  // Configuration refused by VoxImplant (see VOXIMPLANT_CONFIG_ERRORS): a person must fix it.
+  147: 'auth',
+  375: 'auth',
+  386: 'auth',
+  422: 'auth',
 
   // Out of money: calls and SMS pause until someone tops the account up.
   127: 'money', // Insufficient money
@@ -56,6 +73,11 @@ export const VOXIMPLANT_ERROR_KINDS: Readonly<Record<number, FailureKind>> = {
 
 export function voximplantErrorKind(code: number): FailureKind {
   return VOXIMPLANT_ERROR_KINDS[code] ?? 'bad_request';
+}
+
+/** What a person should fix for a configuration refusal; undefined for other codes. */
+export function voximplantConfigHint(code: number): string | undefined {
+  return VOXIMPLANT_CONFIG_ERRORS[code];
 }
 
 /** "Repeat after 30 seconds" -> 30000; undefined when the message names no delay. */
