@@ -10,7 +10,13 @@
  * - answers are JSON with HTTP 200, errors included: `{"error":{"code":N,"msg":"..."}}`.
  *
  * It records every request and can be told to answer errors, HTTP failures, malformed
- * bodies, slowly, or by dropping the connection.
+ * bodies, slowly, or by dropping the connection. Each record says how it was answered
+ * (`answered`), so a player of the scenario starts only the calls VoxImplant accepted.
+ *
+ * StartScenarios answers `{result: 1}` plus, by default, `media_session_access_url`,
+ * `media_session_access_secure_url` and `call_session_history_id`
+ * (voximplant.com/docs/references/httpapi/scenarios#startscenarios); `startScenariosExtras`
+ * turns the optional fields off so the client is tested without them.
  */
 import { createPublicKey, generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -34,6 +40,8 @@ export interface FakeVoximplantApiOptions {
   now?: () => Date;
   /** Called as each request arrives (body read, before it is answered); the bench times calls with it. */
   onRequest?: (r: RecordedRequest) => void;
+  /** Optional fields of the StartScenarios answer to include (default: all of them). */
+  startScenariosExtras?: { mediaSessionUrls?: boolean; callSessionHistoryId?: boolean };
 }
 
 export interface RecordedRequest {
@@ -47,6 +55,13 @@ export interface RecordedRequest {
   headers: IncomingHttpHeaders;
   auth: 'api_key' | 'jwt' | 'none' | 'refused';
   jwt?: { header: Record<string, unknown>; payload: Record<string, unknown> } | undefined;
+  /**
+   * How the fake answered, once it has: `ok` a success body (`result: 1`: the call was
+   * started / the SMS sent, whether or not the client was still listening); `error` an API
+   * error body; `http` a scripted HTTP failure; `raw` a scripted raw body; `dropped` the
+   * connection was cut without an answer. Undefined while the answer is pending.
+   */
+  answered?: 'ok' | 'error' | 'http' | 'raw' | 'dropped' | undefined;
 }
 
 /** What the next matching request gets instead of the normal answer. */
@@ -68,6 +83,9 @@ export const voxAnswers = {
   invalidPhone: (msg = 'Invalid phone number'): ScriptedAnswer => ({ kind: 'error', code: 121, msg }),
   invalidDestination: (msg = "The 'destination' parameter is invalid"): ScriptedAnswer => ({ kind: 'error', code: 423, msg }),
   invalidRule: (): ScriptedAnswer => ({ kind: 'error', code: 147, msg: "The 'rule_id' parameter is invalid" }),
+  noScenario: (): ScriptedAnswer => ({ kind: 'error', code: 375, msg: 'The rule has no scenarios' }),
+  smsDisabled: (): ScriptedAnswer => ({ kind: 'error', code: 386, msg: 'SMS is disabled for the number' }),
+  invalidSource: (): ScriptedAnswer => ({ kind: 'error', code: 422, msg: "The 'source' parameter is invalid" }),
   http5xx: (status = 502): ScriptedAnswer => ({ kind: 'http', status, body: '<html><body>Bad gateway</body></html>', headers: { 'content-type': 'text/html' } }),
   http429: (retryAfterS: number): ScriptedAnswer => ({ kind: 'http', status: 429, body: '', headers: { 'retry-after': String(retryAfterS) } }),
   notJson: (): ScriptedAnswer => ({ kind: 'raw', body: '<html>maintenance</html>' }),
@@ -116,6 +134,7 @@ export class FakeVoximplantApi {
   private readonly smsNumbers: Set<string>;
   private readonly now: () => Date;
   private readonly onRequest: ((r: RecordedRequest) => void) | undefined;
+  private readonly extras: { mediaSessionUrls: boolean; callSessionHistoryId: boolean };
   private readonly scripted: Array<{ cmd: string; answer: ScriptedAnswer }> = [];
   private readonly sockets = new Set<Socket>();
   private server: Server | undefined;
@@ -133,6 +152,10 @@ export class FakeVoximplantApi {
     this.smsNumbers = new Set(opts.smsNumbers ?? ['74950000000']);
     this.now = opts.now ?? (() => new Date());
     this.onRequest = opts.onRequest;
+    this.extras = {
+      mediaSessionUrls: opts.startScenariosExtras?.mediaSessionUrls ?? true,
+      callSessionHistoryId: opts.startScenariosExtras?.callSessionHistoryId ?? true,
+    };
   }
 
   static async start(opts: FakeVoximplantApiOptions = {}): Promise<FakeVoximplantApi> {
@@ -190,7 +213,9 @@ export class FakeVoximplantApi {
     let body: Record<string, string> = {};
     if (raw !== '') {
       if (!type.startsWith('application/x-www-form-urlencoded')) {
-        return this.json(res, { error: { code: 101, msg: 'Invalid arguments: the fake reads form-encoded bodies only' } });
+        res.writeHead(200, { 'content-type': 'application/json; charset=utf-8' });
+        res.end(JSON.stringify({ error: { code: 101, msg: 'Invalid arguments: the fake reads form-encoded bodies only' } }));
+        return;
       }
       body = Object.fromEntries(new URLSearchParams(raw));
     }
@@ -219,27 +244,31 @@ export class FakeVoximplantApi {
 
     const scripted = this.takeScripted(cmd);
     if (scripted?.kind === 'drop') {
+      record.answered = 'dropped';
       req.socket.destroy();
       return;
     }
     if (scripted?.kind === 'slow') {
+      // VoxImplant acts on a request it took even if the client stops waiting: carry on,
+      // json() records the answer and skips writing to a socket that is gone.
       await new Promise((r) => setTimeout(r, scripted.delayMs));
-      if (res.destroyed || req.socket.destroyed) return;
     }
 
-    if (cmd === '') return this.json(res, { error: { code: 102, msg: "Missing 'cmd' parameter" } });
+    if (cmd === '') return this.json(res, record, { error: { code: 102, msg: "Missing 'cmd' parameter" } });
 
     const auth = this.authenticate(req.headers, params, record);
     record.auth = auth;
-    if (auth === 'refused' || auth === 'none') return this.json(res, { error: { code: 100, msg: 'Authorization failed' } });
+    if (auth === 'refused' || auth === 'none') return this.json(res, record, { error: { code: 100, msg: 'Authorization failed' } });
 
-    if (scripted?.kind === 'error') return this.json(res, { error: { code: scripted.code, msg: scripted.msg } });
+    if (scripted?.kind === 'error') return this.json(res, record, { error: { code: scripted.code, msg: scripted.msg } });
     if (scripted?.kind === 'http') {
+      record.answered = 'http';
       res.writeHead(scripted.status, scripted.headers ?? {});
       res.end(scripted.body ?? '');
       return;
     }
     if (scripted?.kind === 'raw') {
+      record.answered = 'raw';
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(scripted.body);
       return;
@@ -247,11 +276,11 @@ export class FakeVoximplantApi {
 
     switch (cmd) {
       case 'StartScenarios':
-        return this.startScenarios(res, params);
+        return this.startScenarios(res, record, params);
       case 'SendSmsMessage':
-        return this.sendSms(res, params);
+        return this.sendSms(res, record, params);
       default:
-        return this.json(res, { error: { code: 103, msg: 'Unknown command' } });
+        return this.json(res, record, { error: { code: 103, msg: 'Unknown command' } });
     }
   }
 
@@ -282,36 +311,42 @@ export class FakeVoximplantApi {
     return 'none';
   }
 
-  private startScenarios(res: ServerResponse, p: Record<string, string>): void {
+  private startScenarios(res: ServerResponse, record: RecordedRequest, p: Record<string, string>): void {
     if (p.rule_id === undefined || p.rule_id === '') {
-      return this.json(res, { error: { code: 134, msg: 'Required parameter is empty: rule_id' } });
+      return this.json(res, record, { error: { code: 134, msg: 'Required parameter is empty: rule_id' } });
     }
-    if (!this.ruleIds.has(p.rule_id)) return this.json(res, { error: { code: 147, msg: "The 'rule_id' parameter is invalid" } });
+    if (!this.ruleIds.has(p.rule_id)) return this.json(res, record, { error: { code: 147, msg: "The 'rule_id' parameter is invalid" } });
     const custom = p.script_custom_data ?? '';
     if (Buffer.byteLength(custom, 'utf8') > 200) {
-      return this.json(res, { error: { code: 101, msg: 'Invalid arguments: script_custom_data is longer than 200 bytes' } });
+      return this.json(res, record, { error: { code: 101, msg: 'Invalid arguments: script_custom_data is longer than 200 bytes' } });
     }
     const id = this.nextSession++;
     const token = `${id.toString(16)}.${Date.now()}`;
-    this.json(res, {
+    this.json(res, record, {
       result: 1,
-      media_session_access_url: `${this.base}/request/${token}/control`,
-      media_session_access_secure_url: `${this.base.replace('http:', 'https:')}/request/${token}/control`,
-      call_session_history_id: id,
+      ...(this.extras.mediaSessionUrls
+        ? {
+            media_session_access_url: `${this.base}/request/${token}/control`,
+            media_session_access_secure_url: `${this.base.replace('http:', 'https:')}/request/${token}/control`,
+          }
+        : {}),
+      ...(this.extras.callSessionHistoryId ? { call_session_history_id: id } : {}),
     });
   }
 
-  private sendSms(res: ServerResponse, p: Record<string, string>): void {
+  private sendSms(res: ServerResponse, record: RecordedRequest, p: Record<string, string>): void {
     const source = p.source ?? '';
     const destination = p.destination ?? '';
     const text = p.sms_body ?? '';
-    if (!this.smsNumbers.has(source)) return this.json(res, { error: { code: 422, msg: "The 'source' parameter is invalid" } });
-    if (!/^[1-9]\d{6,14}$/.test(destination)) return this.json(res, { error: { code: 423, msg: "The 'destination' parameter is invalid" } });
-    if (text === '' || text.length > 765) return this.json(res, { error: { code: 101, msg: 'Invalid arguments: sms_body' } });
-    this.json(res, { result: 1, message_id: this.nextMessage++, fragments_count: utf16Segments(text) });
+    if (!this.smsNumbers.has(source)) return this.json(res, record, { error: { code: 422, msg: "The 'source' parameter is invalid" } });
+    if (!/^[1-9]\d{6,14}$/.test(destination)) return this.json(res, record, { error: { code: 423, msg: "The 'destination' parameter is invalid" } });
+    if (text === '' || text.length > 765) return this.json(res, record, { error: { code: 101, msg: 'Invalid arguments: sms_body' } });
+    this.json(res, record, { result: 1, message_id: this.nextMessage++, fragments_count: utf16Segments(text) });
   }
 
-  private json(res: ServerResponse, value: unknown): void {
+  private json(res: ServerResponse, record: RecordedRequest, value: unknown): void {
+    record.answered = value !== null && typeof value === 'object' && 'error' in value ? 'error' : 'ok';
+    if (res.destroyed || res.socket === null || res.socket.destroyed) return;
     res.writeHead(200, { 'content-type': 'application/json; charset=utf-8' });
     res.end(JSON.stringify(value));
   }

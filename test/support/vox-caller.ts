@@ -1,6 +1,7 @@
 /**
  * Plays the VoxEngine scenario for the fake VoxImplant API: for every StartScenarios
- * the fake accepted, it posts the call's result to POST /v1/calls/result with the
+ * the fake answered with success (`answered === 'ok'`; refused, failed or dropped
+ * requests started no call, so they get no result), it posts the call's result to POST /v1/calls/result with the
  * attempt id and token from script_custom_data, as robot-call.js does. The outcome
  * follows the last digit of the number, like the sandbox (DESIGN.md): 0 answered,
  * 1 voicemail, 2 never answers, 3 busy then answered, 4 invalid number, 5 no result
@@ -11,7 +12,7 @@
  * retrying its HTTP request.
  */
 import type { CallOutcome } from '../../src/integrations/types.js';
-import type { FakeVoximplantApi } from '../fakes/voximplant-api.js';
+import type { FakeVoximplantApi, RecordedRequest } from '../fakes/voximplant-api.js';
 
 export interface PostedResult {
   phone: string;
@@ -21,10 +22,10 @@ export interface PostedResult {
 }
 
 export interface VoxCaller {
-  /** Calls the fake accepted, in order: phone digits and attempt id. */
+  /** Calls the fake accepted, in the order their answers were seen: phone digits and attempt id. */
   readonly calls: { phone: string; attempt: string; nth: number }[];
   readonly posted: PostedResult[];
-  /** Results not answered yet. */
+  /** Calls whose StartScenarios is not answered yet, plus results not delivered yet. */
   pending(): number;
   stop(): Promise<void>;
 }
@@ -58,6 +59,8 @@ export function startVoxCaller(
   const perPhone = new Map<string, number>();
   const inFlight = new Set<Promise<void>>();
   let seen = 0;
+  /** StartScenarios requests the fake has not answered yet (looked at again on each tick). */
+  const waiting: RecordedRequest[] = [];
   let stopped = false;
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -90,8 +93,16 @@ export function startVoxCaller(
     const reqs = vox.requests;
     for (; seen < reqs.length; seen++) {
       const r = reqs[seen]!;
-      // (`auth` is filled in only once the fake answers, which may be later: not looked at.)
-      if (r.cmd !== 'StartScenarios') continue;
+      if (r.cmd === 'StartScenarios') waiting.push(r);
+    }
+    for (let i = 0; i < waiting.length; ) {
+      const r = waiting[i]!;
+      if (r.answered === undefined) {
+        i++; // not answered yet
+        continue;
+      }
+      waiting.splice(i, 1);
+      if (r.answered !== 'ok') continue; // refused, failed or dropped: no call was started
       const data = JSON.parse(r.params.script_custom_data ?? '{}') as { phone: string; attempt: string; token: string };
       const nth = (perPhone.get(data.phone) ?? 0) + 1;
       perPhone.set(data.phone, nth);
@@ -106,7 +117,7 @@ export function startVoxCaller(
   return {
     calls,
     posted,
-    pending: () => inFlight.size,
+    pending: () => inFlight.size + waiting.length,
     async stop() {
       stopped = true;
       clearInterval(timer);
