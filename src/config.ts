@@ -6,6 +6,7 @@ import { parseDuration } from './domain/duration.js';
 import { parseFieldMap, parsePartnerStrategy, parseStatusMap, type PartnerStrategy } from './integrations/bitrix24/index.js';
 import type { CrmFinalState } from './integrations/types.js';
 import { parseServiceAccountCredentials, type VoximplantServiceAccount } from './integrations/voximplant/jwt.js';
+import { e164Digits } from './integrations/voximplant/custom-data.js';
 import { DEFAULT_SMS_TEMPLATES, validateTemplates, type SmsTemplates } from './integrations/voximplant/sms-templates.js';
 import { validate as validateCron } from 'node-cron';
 import { parseRateLimit, parseTrustProxy, type RateLimitRule } from './http/rate-limit.js';
@@ -319,7 +320,13 @@ export function loadConfig(env: Env): Config {
   if (telProvider === 'voximplant') {
     if (!voxAuth) problems.push('TELEPHONY_PROVIDER: voximplant needs VOXIMPLANT_ACCOUNT_ID + VOXIMPLANT_API_KEY or VOXIMPLANT_CREDENTIALS');
     if (e.VOXIMPLANT_RULE_ID === undefined) problems.push('VOXIMPLANT_RULE_ID: required with VoxImplant (the rule that runs voximplant/robot-call.js)');
+    // Without a sender every night / confirmation / voicemail SMS would fail lead by lead.
+    if (e.VOXIMPLANT_SMS_FROM === undefined)
+      problems.push('VOXIMPLANT_SMS_FROM: required with VoxImplant (a number of the account with SMS enabled); set it to "off" to run without SMS');
   }
+  const voxSmsFrom = e.VOXIMPLANT_SMS_FROM === undefined || /^off$/i.test(e.VOXIMPLANT_SMS_FROM) ? undefined : e.VOXIMPLANT_SMS_FROM;
+  if (telProvider === 'voximplant' && voxSmsFrom !== undefined && e164Digits(voxSmsFrom) === null)
+    problems.push('VOXIMPLANT_SMS_FROM: not a phone number (digits of an SMS-enabled VoxImplant number, "+" allowed), or "off"');
 
   let voxCredentials: VoximplantServiceAccount | undefined;
   if (telProvider === 'voximplant' && e.VOXIMPLANT_CREDENTIALS !== undefined) {
@@ -414,7 +421,7 @@ export function loadConfig(env: Env): Config {
             apiKey: e.VOXIMPLANT_API_KEY,
             credentials: voxCredentials,
             ruleId: e.VOXIMPLANT_RULE_ID!,
-            smsFrom: e.VOXIMPLANT_SMS_FROM,
+            smsFrom: voxSmsFrom,
             apiUrl: e.VOXIMPLANT_API_URL,
             timeoutMs: e.VOXIMPLANT_TIMEOUT,
           },

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
+import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/logger.js';
 import {
   buildCustomData,
@@ -357,6 +358,30 @@ describe('VoxImplant client with a service account (JWT)', () => {
         log: createLogger({ level: 'silent' }),
       }),
     ).toThrow(/not a readable PEM key/);
+  });
+});
+
+describe('VoxImplant configuration (loadConfig)', () => {
+  const base = { VOXIMPLANT_ACCOUNT_ID: '1', VOXIMPLANT_API_KEY: 'k', VOXIMPLANT_RULE_ID: '7' };
+
+  it('refuses to start without an SMS sender, naming VOXIMPLANT_SMS_FROM and the way out', () => {
+    expect(() => loadConfig(base)).toThrow(/VOXIMPLANT_SMS_FROM: required with VoxImplant.*"off"/);
+    expect(() => loadConfig({ ...base, TELEPHONY_PROVIDER: 'voximplant', VOXIMPLANT_SMS_FROM: '  ' })).toThrow(/VOXIMPLANT_SMS_FROM: required/);
+  });
+
+  it('refuses a sender that is not a phone number', () => {
+    expect(() => loadConfig({ ...base, VOXIMPLANT_SMS_FROM: 'WatchShop' })).toThrow(/VOXIMPLANT_SMS_FROM: not a phone number/);
+  });
+
+  it('takes a number, or an explicit "off" (no SMS on purpose)', () => {
+    expect(loadConfig({ ...base, VOXIMPLANT_SMS_FROM: '+7 495 000-00-00' }).telephony).toMatchObject({ provider: 'voximplant', smsFrom: '+7 495 000-00-00' });
+    const off = loadConfig({ ...base, VOXIMPLANT_SMS_FROM: 'OFF' }).telephony;
+    expect(off.provider).toBe('voximplant');
+    expect(off).toHaveProperty('smsFrom', undefined);
+  });
+
+  it('the sandbox needs no sender', () => {
+    expect(loadConfig({}).telephony.provider).toBe('sandbox');
   });
 });
 

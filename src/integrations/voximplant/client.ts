@@ -38,7 +38,8 @@ export interface VoximplantOptions {
   ruleId: number | string;
   /**
    * A VoxImplant number with SMS enabled; VOXIMPLANT_SMS_FROM (with or without '+').
-   * Unset: calls work, and sendSms refuses with a `bad_request` naming the variable.
+   * Unset (config allows it only with VOXIMPLANT_SMS_FROM=off): calls work, and sendSms
+   * refuses with a `bad_request` naming the variable.
    */
   smsFrom?: string | undefined;
   timeoutMs?: number | undefined;
@@ -227,7 +228,7 @@ export function createVoximplantClient(opts: VoximplantOptions): TelephonyClient
 
     async sendSms(req: SendSmsRequest): Promise<SendSmsResult> {
       if (smsFrom === undefined) {
-        throw fail('bad_request', 'VoxImplant SendSmsMessage: no sender number configured (VOXIMPLANT_SMS_FROM)');
+        throw fail('bad_request', 'VoxImplant SendSmsMessage: SMS is off (no sender number, VOXIMPLANT_SMS_FROM=off)');
       }
       const destination = e164Digits(req.phone);
       if (destination === null) {
