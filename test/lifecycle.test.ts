@@ -90,7 +90,7 @@ for (const backend of BACKENDS) {
 
       expect(h.sms(phone)).toEqual(['confirmation']);
       expect(h.bitrix.countByOriginId(id)).toBe(1);
-      expect(await crmComments(l.crm_id)).toEqual(['hotlead: call #1: answered']);
+      expect(await crmComments(l.crm_id)).toEqual(['hotlead: call #1: answered', 'hotlead: confirmation SMS sent']);
       expect(h.bitrix.leads.get(Number(l.crm_id))?.STATUS_ID).toBe('CONVERTED');
 
       // A day later nothing more has happened.
@@ -125,7 +125,34 @@ for (const backend of BACKENDS) {
       expect(l.events.find((e) => e.reason === 'operator_retry')).toMatchObject({ from: 'voicemail', to: 'dial_pending', actor: 'tg:42', actor_name: 'Olga' });
       expect(reasons(l)).toContain('sms_voicemail_not_repeated');
       expect(moves(l).slice(-3)).toEqual(['voicemail>dial_pending', 'dial_pending>calling', 'calling>voicemail']);
-      expect(await crmComments(l.crm_id)).toEqual(['hotlead: call #1: voicemail', 'hotlead: retry (operator Olga)', 'hotlead: call #2: voicemail']);
+      // The second voicemail sent no SMS, so the CRM hears of one SMS only.
+      expect(await crmComments(l.crm_id)).toEqual(['hotlead: call #1: voicemail', 'hotlead: voicemail SMS sent', 'hotlead: retry (operator Olga)', 'hotlead: call #2: voicemail']);
+    });
+
+    it("a finished lead brought back by an operator gives its ref up to the customer's newer active lead", async () => {
+      await nextDay('11:00');
+      const phone = newPhone();
+      const ref = `order-${phone}`;
+      const first = await h.lead({ name: 'Vera', phone, ref });
+      await h.drain();
+      await h.result(h.calls(phone)[0]!, 'voicemail');
+      await h.drain();
+      await leadIn('voicemail', first);
+      // The same customer orders again: the first lead is finished, so this is a new lead.
+      const second = await h.lead({ name: 'Vera', phone, ref });
+      expect(second).not.toBe(first);
+      await h.drain();
+      await leadIn('calling', second);
+
+      // Retry on the old lead: it comes back to life without taking the ref from the new one.
+      const res = await h.service.engine.operator(first, 'retry', { id: 'tg:42', name: 'Olga' });
+      expect(res).toMatchObject({ applied: true, state: 'dial_pending' });
+      const l = await h.get(first);
+      expect(l.events.find((e) => e.reason === 'operator_retry')).toMatchObject({ from: 'voicemail', to: 'dial_pending' });
+      // A repeat of the form still finds the newer lead.
+      const again = await fetch(`${h.url}/v1/leads`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Vera', phone, ref }) });
+      expect(again.status).toBe(200);
+      expect(await again.json()).toMatchObject({ id: second, duplicate: true });
     });
 
     it('no_answer, busy, unavailable: waits RETRY_DELAY between calls, then manual after MAX_CALL_ATTEMPTS', async () => {
@@ -559,6 +586,8 @@ for (const backend of BACKENDS) {
         { kind: 'crm.create', status: 'pending' },
         { kind: 'crm.comment', status: 'pending' },
         { kind: 'crm.final', status: 'pending' },
+        // The confirmation SMS, written back once the telephony had answered.
+        { kind: 'crm.comment', status: 'pending' },
       ]);
       expect(h.bitrix.countByOriginId(id)).toBe(0);
       const alerts = await h.db.query<{ n: number }>(sql`select count(*)::int as n from incidents where provider = 'bitrix24' and closed_at is null`);
@@ -572,12 +601,12 @@ for (const backend of BACKENDS) {
       l = await leadIn('confirmed', id);
       expect(l.crm_status).toBe('created');
       expect(h.bitrix.countByOriginId(id)).toBe(1);
-      expect(await crmComments(l.crm_id)).toEqual(['hotlead: call #1: answered']);
+      expect(await crmComments(l.crm_id)).toEqual(['hotlead: call #1: answered', 'hotlead: confirmation SMS sent']);
       expect(h.bitrix.leads.get(Number(l.crm_id))?.STATUS_ID).toBe('CONVERTED');
       expect(h.bitrix.leads.get(Number(l.crm_id))?.UTM_SOURCE).toBe('partner_7');
       // In the order they were decided: the lead, the comment, then the final status.
       const after = h.bitrix.requests.slice(before).map((r) => r.method).filter((m) => m !== 'crm.lead.list');
-      expect(after.filter((m) => m !== 'batch')).toEqual(['crm.lead.add', 'crm.timeline.comment.add', 'crm.lead.update']);
+      expect(after.filter((m) => m !== 'batch')).toEqual(['crm.lead.add', 'crm.timeline.comment.add', 'crm.lead.update', 'crm.timeline.comment.add']);
       const crmMoves = l.events.filter((e) => e.track === 'crm').map((e) => `${e.from}>${e.to}`);
       expect(crmMoves).toEqual(['pending>error', 'error>created']);
       expect(moves(l)).toEqual(['>received', 'received>dial_pending', 'dial_pending>calling', 'calling>confirmed']);

@@ -174,7 +174,48 @@ describe('Bitrix24 + VoxImplant through the service', () => {
     const states = await Promise.all([a, b].map(async (id) => (await admin(id)).state));
     expect(states).toEqual(['calling', 'calling']);
     expect(vox.requestsFor('StartScenarios').length - calls0).toBe(5);
+    // A started scenario does not prove the account can pay: the incident clears when a
+    // call really goes through.
+    expect((await incidentAlerts()).slice(before).some((a) => /working again/.test(a.text))).toBe(false);
+    expect((await report('no_answer')).status).toBe(200);
     expect((await incidentAlerts()).slice(before).at(-1)!.text).toMatch(/working again/);
+  });
+
+  it('a call the scenario reports failed with SIP 402 (out of money): no attempt used, one alert for many leads, calls resume after', async () => {
+    const before = (await incidentAlerts()).length;
+    const ids = [await newLead({ name: 'P', phone: '+79162220060' }), await newLead({ name: 'Q', phone: '+79162220070' })];
+    await s.service.engine.drain();
+    const starts = vox.requestsFor('StartScenarios').slice(-2).map((r) => JSON.parse(r.params.script_custom_data!) as Record<string, string>);
+    for (const cd of starts) {
+      const r = await fetch(`${s.url}/v1/calls/result`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ attempt: cd.attempt, token: cd.token, outcome: 'failed', code: 402, reason: 'money' }),
+      });
+      expect(r.status).toBe(200);
+    }
+    await s.service.engine.drain();
+    for (const id of ids) {
+      const l = await admin(id);
+      expect(l.state).toBe('dial_pending');
+      expect(l.attempts).toBe(0);
+      expect(l.events.at(-1)).toMatchObject({ from: 'calling', to: 'dial_pending', reason: 'telephony_blocked' });
+    }
+    let alerts = (await incidentAlerts()).slice(before);
+    expect(alerts).toHaveLength(1);
+    expect(alerts[0]!.text).toMatch(/voximplant.*money/s);
+
+    // The re-check: the scenarios start again (still no "working again": starting proves nothing) ...
+    clock.advance(5 * 60_000 + 1);
+    await s.service.engine.drain();
+    for (const id of ids) expect((await admin(id)).state).toBe('calling');
+    alerts = (await incidentAlerts()).slice(before);
+    expect(alerts).toHaveLength(1);
+    // ... and the first call that goes through clears the incident, once.
+    expect((await report('answered')).status).toBe(200);
+    alerts = (await incidentAlerts()).slice(before);
+    expect(alerts).toHaveLength(2);
+    expect(alerts[1]!.text).toMatch(/working again/);
   });
 
   it('refuses a call result with a wrong token and changes nothing', async () => {

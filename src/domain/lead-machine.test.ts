@@ -149,7 +149,7 @@ const ROWS: Row[] = [
     expect: {
       state: 'night_wait',
       runAt: at(NIGHT, 2 * H),
-      effects: ['sms.send:night', 'crm.comment:sms'],
+      effects: ['sms.send:night'],
       reason: 'outside_window',
       patch: { nightSmsAt: NIGHT },
     },
@@ -172,7 +172,7 @@ const ROWS: Row[] = [
     name: "dial_pending: the customer's own zone decides the polite hour (10:00 Moscow is 02:00 in New York)",
     lead: { state: 'dial_pending', timezone: 'America/New_York' },
     event: TICK,
-    expect: { state: 'night_wait', runAt: at(DAY, 2 * H), effects: ['sms.send:night', 'crm.comment:sms'], reason: 'outside_window' },
+    expect: { state: 'night_wait', runAt: at(DAY, 2 * H), effects: ['sms.send:night'], reason: 'outside_window' },
   },
   {
     name: 'dial_pending: an unusable number ends in invalid_phone, no call, no SMS',
@@ -187,7 +187,7 @@ const ROWS: Row[] = [
     event: TICK,
     now: NIGHT,
     policy: { paused: true },
-    expect: { state: 'dial_pending', runAt: at(NIGHT, 5 * MIN), effects: [], reason: 'paused' },
+    expect: { state: 'dial_pending', runAt: at(NIGHT, 60 * MIN), effects: [], reason: 'paused' },
   },
   {
     name: 'dial_pending: Call now ignores the window, the attempt limit and the pause',

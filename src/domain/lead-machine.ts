@@ -60,11 +60,14 @@ export interface Policy {
   maxCallAttempts: number;
   /** First delay after a telephony failure; doubles per failed attempt, capped by retryDelayMs. */
   failureBackoffMs: number;
-  /** How long a lead waits before re-checking when calls are paused or telephony is out of money. */
+  /** How long a lead waits before re-checking when telephony is out of money (or refused it). */
   blockedRecheckMs: number;
   /** Vendors paused all automatic calls and SMS (/pause). */
   paused: boolean;
 }
+
+/** How long a lead waits, while calls are paused, before it looks again. */
+export const PAUSED_RECHECK_MS = 60 * 60_000;
 
 export type LeadEvent =
   | { type: 'tick' }
@@ -84,7 +87,8 @@ export type CrmNote = (
   | { note: 'attempts_exhausted'; attempts: number }
   | { note: 'invalid_phone' }
   | { note: 'operator'; action: OperatorAction | 'phone_corrected' }
-  | { note: 'sms'; sms: SmsKind }
+  /** What became of an SMS (absent: sent), written when the telephony answered. */
+  | { note: 'sms'; sms: SmsKind; result?: 'not_sent' | 'uncertain' }
   /** An operator's call scheduled for `at` (ISO), shown in the shop's zone `tz`. */
   | { note: 'call_scheduled'; at: string; tz: string }
   /** An operator's free-text note (vendor console); the engine writes it, the machine never decides it. */
@@ -266,7 +270,9 @@ function dial(lead: LeadSnapshot, now: Date, policy: Policy): Decision {
   // The operator decided: no window, no attempt limit, no pause.
   if (lead.callNow) return startCall(lead, now, policy, 'call_now');
 
-  if (policy.paused) return { state: 'dial_pending', runAt: addMs(now, policy.blockedRecheckMs), effects: [], patch: {}, reason: 'paused' };
+  // /resume puts paused leads back in line at once (engine.setPaused): the re-check is
+  // only a safety net, so that a long pause does not fill the timeline with re-checks.
+  if (policy.paused) return { state: 'dial_pending', runAt: addMs(now, PAUSED_RECHECK_MS), effects: [], patch: {}, reason: 'paused' };
 
   if (usedAttempts(lead) >= policy.maxCallAttempts) {
     return {
@@ -296,7 +302,8 @@ function dial(lead: LeadSnapshot, now: Date, policy: Policy): Decision {
   const effects: Effect[] = [];
   const patch: LeadPatch = {};
   if (lead.nightSmsAt === null) {
-    effects.push({ kind: 'sms.send', sms: 'night' }, { kind: 'crm.comment', body: { note: 'sms', sms: 'night' } });
+    // (The CRM hears of the SMS when the telephony has answered: sent, or not.)
+    effects.push({ kind: 'sms.send', sms: 'night' });
     patch.nightSmsAt = now;
   }
   return { state: 'night_wait', runAt: wake, effects, patch, reason: 'outside_window' };

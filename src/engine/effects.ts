@@ -197,11 +197,21 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     reason: string,
     data: Record<string, unknown>,
     track = 'note',
+    crmNote?: CrmNote,
   ): Promise<void> {
     await db.orm.transaction(async (tx) => {
+      const now = clock.now();
       await finish(e, result, status, tx);
-      await tx.insert(leadEvents).values({ leadId: e.lead_id, at: clock.now(), track, reason, actor: 'system', data });
+      await tx.insert(leadEvents).values({ leadId: e.lead_id, at: now, track, reason, actor: 'system', data });
+      if (crmNote) {
+        // The CRM hears what really happened, once (keyed by the effect it reports on).
+        await tx
+          .insert(effects)
+          .values({ leadId: e.lead_id, kind: 'crm.comment', idemKey: `lead:${e.lead_id}:crm.comment:${e.idem_key}`, payload: { body: crmNote }, needsCrm: true, status: 'pending', runAt: now, createdAt: now })
+          .onConflictDoNothing({ target: effects.idemKey });
+      }
     });
+    if (crmNote) for (const w of [...wakers]) w();
     await deps.enqueueCards(e.lead_id);
   }
 
@@ -259,7 +269,10 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       });
       await finish(e, { sessionId: r.sessionId ?? null });
       if (r.sessionId) await db.orm.update(callAttempts).set({ sessionId: r.sessionId }).where(eq(callAttempts.id, attemptId));
-      await deps.incidents.resolve(deps.telephony.provider);
+      // A started scenario proves the API answers, not that the account can pay for the
+      // call (the call itself may fail with 402): an out-of-money incident clears only
+      // when a call really goes through (its result, engine.callResult).
+      if (!(await deps.incidents.isOpen(deps.telephony.provider, 'money'))) await deps.incidents.resolve(deps.telephony.provider);
     } catch (err) {
       const pe = asProviderError(err, deps.telephony.provider);
       log.warn({ err: pe, leadId: lead.id, kind: pe.kind, code: pe.code }, 'call could not be started');
@@ -298,7 +311,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     }
     if (e.prev_status === 'running') {
       // Died while sending: the SMS may have gone out. Never send the same SMS twice.
-      await finishWithNote(e, { uncertain: true }, 'dead', 'sms_uncertain', { sms: kind }, 'sms');
+      await finishWithNote(e, { uncertain: true }, 'dead', 'sms_uncertain', { sms: kind }, 'sms', { note: 'sms', sms: kind, result: 'uncertain' });
       return;
     }
     if (kind === 'night' && lead.state !== 'night_wait' && lead.state !== 'dial_pending') {
@@ -315,14 +328,14 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       // A spammer must not be able to text a stranger's number without end.
       const r = await deps.phoneCaps.reserveNow('sms', lead.phone, e.idem_key, lead.id, clock.now());
       if (!r.ok) {
-        await finishWithNote(e, { skipped: 'phone cap reached', cap: r.cap }, 'dead', 'sms_capped', { sms: kind, cap: r.cap, sent_24h: r.used }, 'sms');
+        await finishWithNote(e, { skipped: 'phone cap reached', cap: r.cap }, 'dead', 'sms_capped', { sms: kind, cap: r.cap, sent_24h: r.used }, 'sms', { note: 'sms', sms: kind, result: 'not_sent' });
         return;
       }
     }
     try {
       const text = deps.smsText(kind, lead);
       const r = await deps.telephony.sendSms({ leadId: lead.id, phone: lead.phone, text, kind });
-      await finishWithNote(e, { segments: r.segments, messageId: r.messageId ?? null }, 'done', `sms_${kind}_sent`, { sms: kind, segments: r.segments }, 'sms');
+      await finishWithNote(e, { segments: r.segments, messageId: r.messageId ?? null }, 'done', `sms_${kind}_sent`, { sms: kind, segments: r.segments }, 'sms', { note: 'sms', sms: kind });
       await deps.incidents.resolve(deps.telephony.provider);
     } catch (err) {
       const pe = asProviderError(err, deps.telephony.provider);
@@ -332,12 +345,12 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
         await retryLater(e, pe, backoffMs(e.attempts, 60_000));
       } else if (outcomeUnknown(pe)) {
         // It may have gone out: never sent twice.
-        await finishWithNote(e, { uncertain: true, error: describe(pe), kind: pe.kind }, 'dead', 'sms_uncertain', { sms: kind, error: pe.kind, ...(pe.code !== undefined ? { code: pe.code } : {}) }, 'sms');
+        await finishWithNote(e, { uncertain: true, error: describe(pe), kind: pe.kind }, 'dead', 'sms_uncertain', { sms: kind, error: pe.kind, ...(pe.code !== undefined ? { code: pe.code } : {}) }, 'sms', { note: 'sms', sms: kind, result: 'uncertain' });
       } else if (pe.retryable && e.attempts < SMS_TRIES) {
         await retryLater(e, pe, delayFor(pe, e.attempts));
       } else {
         if (pe.kind === 'bad_request' || pe.kind === 'invalid_number') await deps.phoneCaps?.release(e.idem_key);
-        await finishWithNote(e, { error: describe(pe), kind: pe.kind }, 'dead', 'sms_failed', { sms: kind, error: pe.kind }, 'sms');
+        await finishWithNote(e, { error: describe(pe), kind: pe.kind }, 'dead', 'sms_failed', { sms: kind, error: pe.kind }, 'sms', { note: 'sms', sms: kind, result: 'not_sent' });
       }
     }
   }

@@ -1,4 +1,4 @@
-import { eq, inArray, sql } from 'drizzle-orm';
+import { and, eq, inArray, ne, notInArray, sql } from 'drizzle-orm';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
 import type { Db, Tx } from '../db/client.js';
@@ -6,6 +6,7 @@ import { callAttempts, effects, leadEvents, leads, tgOutbox, type LeadRow } from
 import { getSetting, putSetting } from '../db/queries.js';
 import {
   decide,
+  INACTIVE_STATES,
   type CrmNote,
   type Decision,
   type Effect,
@@ -91,6 +92,10 @@ export function snapshot(l: LeadRow): LeadSnapshot {
     phoneCorrected: l.phoneCorrected,
     callNow: l.callNow,
   };
+}
+
+function isInactive(state: string): boolean {
+  return (INACTIVE_STATES as readonly string[]).includes(state);
 }
 
 function ts(d: Date) {
@@ -221,6 +226,20 @@ export function createEngine(deps: EngineDeps) {
     if (p.phoneCorrected !== undefined) set.phoneCorrected = p.phoneCorrected;
     if (p.callNow !== undefined) set.callNow = p.callNow;
     if (p.crmStatus === 'created') set.crmError = null;
+    if (lead.dedupeKey !== null && isInactive(lead.state) && !isInactive(d.state)) {
+      // A finished lead comes back to life (Retry, Call now, a corrected phone). Its `ref`
+      // or Idempotency-Key may meanwhile belong to a newer active lead (the same customer
+      // ordered again): the key stays with that one, and this lead gives its key up.
+      const holder = await tx
+        .select({ id: leads.id })
+        .from(leads)
+        .where(and(eq(leads.dedupeKey, lead.dedupeKey), ne(leads.id, lead.id), notInArray(leads.state, [...INACTIVE_STATES])))
+        .limit(1);
+      if (holder[0]) {
+        set.dedupeKey = null;
+        eventData = { ...eventData, dedupe_key_kept_by: holder[0].id };
+      }
+    }
 
     let attemptId: string | undefined;
     const call = d.effects.find((e) => e.kind === 'call.start');
@@ -420,6 +439,10 @@ export function createEngine(deps: EngineDeps) {
     const expired = attempt.expiresAt.getTime() < now.getTime();
     if (expired) log2.warn({ leadId: attempt.leadId, attempt: attempt.id }, 'call result for an expired attempt: recorded, not applied');
     const outcome = input.outcome;
+    // The scenario's call failed with SIP 402 (VoxImplant: the account is out of money).
+    // The call never reached the customer: like a start refused for money, it uses no
+    // attempt, the lead waits, and the vendors get one alert (not one failed attempt per lead).
+    const outOfMoney = outcome === 'failed' && (String(input.code) === '402' || input.reason === 'money');
     const data = {
       attempt: attempt.number,
       outcome,
@@ -459,9 +482,23 @@ export function createEngine(deps: EngineDeps) {
         await enqueueCards(tx, lead.id, now);
         return { applied: false, state: lead.state };
       }
-      const d = await transitionInTx(tx, lead, { type: 'call_result', attemptId: attempt.id, outcome }, SYSTEM, now, data);
+      const event: LeadEvent = outOfMoney
+        ? { type: 'call_start_failed', attemptId: attempt.id, failure: 'blocked' }
+        : { type: 'call_result', attemptId: attempt.id, outcome };
+      const d = await transitionInTx(tx, lead, event, SYSTEM, now, data);
       return { applied: !d.ignored, state: d.state };
     });
+    if (res.applied) {
+      const provider = deps.telephony.provider;
+      if (outOfMoney) {
+        // Nobody was called: the call does not count towards the number's daily cap either.
+        await deps.phoneCaps?.release(`call:${attempt.id}`);
+        await deps.incidents.open(provider, 'money', 'a call failed with SIP 402: the account is out of money');
+      } else if (outcome !== 'failed') {
+        // The call reached the telephone network: whatever blocked calls is over.
+        await deps.incidents.resolve(provider);
+      }
+    }
     afterChange();
     return { status: 200, body: { ok: true, ...res } };
   }

@@ -141,5 +141,17 @@ export function createIncidents(deps: IncidentDeps) {
       }
       return { found: true, effects: eff.length, leads: leadCount };
     },
+
+    /** Whether an incident of this provider and kind is open (on any instance). */
+    async isOpen(provider: ProviderName, kind: FailureKind): Promise<boolean> {
+      await sync();
+      if (!open.has(provider)) return false;
+      const rows = await db.orm
+        .select({ id: incidents.id })
+        .from(incidents)
+        .where(and(eq(incidents.provider, provider), eq(incidents.kind, kind), isNull(incidents.closedAt)))
+        .limit(1);
+      return rows.length > 0;
+    },
   };
 }

@@ -22,7 +22,11 @@ export function renderCrmNote(n: CrmNote, lang: 'en' | 'ru', actor?: string | nu
       case 'operator':
         return `hotlead: действие «${RU_ACTION[n.action] ?? n.action}»${by}`;
       case 'sms':
-        return `hotlead: отправлено SMS (${RU_SMS[n.sms] ?? n.sms})`;
+        return n.result === 'not_sent'
+          ? `hotlead: SMS не отправлено (${RU_SMS[n.sms] ?? n.sms})`
+          : n.result === 'uncertain'
+            ? `hotlead: SMS (${RU_SMS[n.sms] ?? n.sms}), возможно, не дошло: ответа телефонии нет`
+            : `hotlead: отправлено SMS (${RU_SMS[n.sms] ?? n.sms})`;
       case 'call_scheduled':
         return `hotlead: звонок запланирован на ${localTime(n.at, n.tz)}${by}`;
       case 'text':
@@ -41,7 +45,11 @@ export function renderCrmNote(n: CrmNote, lang: 'en' | 'ru', actor?: string | nu
     case 'operator':
       return `hotlead: ${n.action.replace('_', ' ')}${by}`;
     case 'sms':
-      return `hotlead: ${n.sms} SMS sent`;
+      return n.result === 'not_sent'
+        ? `hotlead: ${n.sms} SMS not sent`
+        : n.result === 'uncertain'
+          ? `hotlead: ${n.sms} SMS may not have been sent (no answer from the telephony)`
+          : `hotlead: ${n.sms} SMS sent`;
     case 'call_scheduled':
       return `hotlead: call scheduled for ${localTime(n.at, n.tz)}${by}`;
     case 'text':
