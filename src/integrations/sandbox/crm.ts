@@ -13,15 +13,15 @@ export interface SandboxCrm extends CrmClient {
 export function createSandboxCrm(opts: { log: Logger }): SandboxCrm {
   const byOrigin = new Map<number, { crmId: string; comments: string[]; status: string | null }>();
   const byCrmId = new Map<string, { crmId: string; comments: string[]; status: string | null }>();
-  let next = 1000;
   return {
     provider: 'sandbox-crm',
     leads: byOrigin,
     async createLead(input: CrmLeadInput): Promise<CrmCreateResult> {
       const found = byOrigin.get(input.leadId);
       if (found) return { crmId: found.crmId, existed: true };
-      next += 1;
-      const rec = { crmId: String(next), comments: [], status: null };
+      // The id follows from the lead's own id, so that a restart (which empties this
+      // memory) never hands an old CRM id to a new lead.
+      const rec = { crmId: String(1000 + input.leadId), comments: [], status: null };
       byOrigin.set(input.leadId, rec);
       byCrmId.set(rec.crmId, rec);
       opts.log.info({ leadId: input.leadId, crmId: rec.crmId, partner: input.partner }, 'sandbox CRM: lead created');
