@@ -5,7 +5,8 @@
  */
 import { readFileSync } from 'node:fs';
 import vm from 'node:vm';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startHarness, type Harness } from './support/harness.js';
 
 const SOURCE = readFileSync(new URL('../voximplant/robot-call.js', import.meta.url), 'utf8');
 const CALLBACK_URL = 'https://hotlead.example.com/v1/calls/result';
@@ -100,7 +101,10 @@ interface Post {
   body: Record<string, unknown>;
 }
 
-function runScenario(opts: { customData?: string; posts?: PostAnswer[]; source?: string; withAmd?: boolean } = {}) {
+/** A real Net.httpRequestAsync: HttpRequestResult's `code` is the HTTP status, `text` the body. */
+type NetBridge = (url: string, options: Post['options']) => Promise<{ code: number; text: string; error?: string }>;
+
+function runScenario(opts: { customData?: string; posts?: PostAnswer[]; source?: string; withAmd?: boolean; net?: NetBridge } = {}) {
   let now = 0;
   let seq = 0;
   const timers: Array<{ id: number; at: number; fn: () => void }> = [];
@@ -131,6 +135,7 @@ function runScenario(opts: { customData?: string; posts?: PostAnswer[]; source?:
     Net: {
       httpRequestAsync: (url: string, options: Post['options']) => {
         posts.push({ url, options, body: JSON.parse(options.postData ?? 'null') as Record<string, unknown> });
+        if (opts.net) return opts.net(url, options);
         const a = answers.shift() ?? { code: 200, text: '{}' };
         if (a === 'throw') throw new Error('Net is down');
         return a instanceof Error ? Promise.reject(a) : Promise.resolve(a);
@@ -553,5 +558,108 @@ describe('robot-call.js', () => {
     expect(all).toContain('7916');
     expect(all).not.toContain('79161234567');
     expect(all).not.toContain(TOKEN);
+  });
+});
+
+/**
+ * robot-call.js under the fake VoxEngine, its Net.httpRequestAsync bridged to the real
+ * service over HTTP: the body the scenario builds must be what POST /v1/calls/result
+ * accepts, and it must move the lead.
+ */
+describe('robot-call.js against the real POST /v1/calls/result', () => {
+  let h: Harness;
+  const answers: Array<{ url: string; code: number; text: string }> = [];
+  const net: NetBridge = async (url, options) => {
+    try {
+      const r = await fetch(url, {
+        method: options.method ?? 'GET',
+        headers: options.headers ?? {},
+        ...(options.postData !== undefined ? { body: options.postData } : {}),
+        signal: AbortSignal.timeout((options.timeout ?? 90) * 1000),
+      });
+      const res = { code: r.status, text: await r.text() };
+      answers.push({ url, ...res });
+      return res;
+    } catch (err) {
+      return { code: -1, text: '', error: String(err) };
+    }
+  };
+
+  beforeAll(async () => {
+    h = await startHarness('pglite', { start: '2026-12-02T09:00:00Z', env: { INTAKE_RATE_LIMIT: 'off' } }); // Wednesday 12:00 in Moscow
+  }, 60_000);
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  /** The scenario with PUBLIC_URL pointing at the running service, started with the custom data hotlead sent. */
+  async function placeCall(phone: string) {
+    const id = await h.lead({ name: 'Анна', phone });
+    await h.drain();
+    const start = h.vox.requestsFor('StartScenarios').filter((r) => JSON.parse(r.params.script_custom_data ?? '{}').phone === phone.slice(1));
+    expect(start).toHaveLength(1);
+    const source = SOURCE.replace("const PUBLIC_URL = 'https://hotlead.example.com';", `const PUBLIC_URL = '${h.url}';`);
+    expect(source).not.toBe(SOURCE);
+    const s = runScenario({ source, customData: start[0]!.params.script_custom_data!, net });
+    await s.start(5_000_123);
+    return { id, s };
+  }
+
+  async function settled(s: ReturnType<typeof runScenario>) {
+    const deadline = Date.now() + 10_000;
+    while (s.terminated === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(s.terminated).toBe(1);
+  }
+
+  it('a person answers: the scenario posts, the service accepts (200) and the lead is confirmed', async () => {
+    const { id, s } = await placeCall('+79161230010');
+    expect((await h.get(id)).state).toBe('calling');
+    expect(s.call.number).toBe('79161230010');
+    await s.emitCall(CallEvents.Connected);
+    await s.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'HUMAN' });
+    await s.emitCall(CallEvents.PlaybackFinished);
+    await s.emitCall(CallEvents.Disconnected, { duration: 14 });
+    await settled(s);
+
+    expect(s.posts).toHaveLength(1);
+    expect(s.posts[0]?.url).toBe(`${h.url}/v1/calls/result`);
+    expect(answers.at(-1)).toMatchObject({ url: `${h.url}/v1/calls/result`, code: 200 });
+    await h.drain();
+    const lead = await h.get(id);
+    expect(lead.state).toBe('confirmed');
+    // What the scenario reported is what the service recorded.
+    expect(lead.events.find((e) => e.to === 'confirmed')?.data).toMatchObject({ outcome: 'answered', code: '200', reason: 'message_played', duration: 14 });
+  });
+
+  it('busy (486): accepted, the lead waits for the next attempt instead of being confirmed', async () => {
+    const { id, s } = await placeCall('+79161230020');
+    await s.emitCall(CallEvents.Failed, { code: 486, reason: 'Busy Here' });
+    await settled(s);
+    expect(answers.at(-1)?.code).toBe(200);
+    await h.drain();
+    const lead = await h.get(id);
+    expect(lead.state).not.toBe('calling');
+    expect(lead.state).not.toBe('confirmed');
+    expect(lead.events.some((e) => JSON.stringify(e).includes('busy'))).toBe(true);
+  });
+
+  it('a token the service does not know is refused and the scenario does not retry it', async () => {
+    const { id, s } = await placeCall('+79161230030');
+    // A second scenario with a forged token for the same attempt.
+    const forged = JSON.parse(h.vox.requestsFor('StartScenarios').at(-1)!.params.script_custom_data!) as Record<string, string>;
+    const source = SOURCE.replace("const PUBLIC_URL = 'https://hotlead.example.com';", `const PUBLIC_URL = '${h.url}';`);
+    const f = runScenario({ source, customData: JSON.stringify({ ...forged, token: 'x'.repeat(43) }), net });
+    await f.start();
+    await f.emitCall(CallEvents.Connected);
+    await f.emitAmd(AmdEvents.DetectionComplete, { resultClass: 'HUMAN' });
+    await f.emitCall(CallEvents.PlaybackFinished);
+    await f.emitCall(CallEvents.Disconnected, { duration: 3 });
+    await settled(f);
+    expect(f.posts).toHaveLength(1);
+    expect(answers.at(-1)?.code).toBeGreaterThanOrEqual(400);
+    expect(answers.at(-1)?.code).toBeLessThan(500);
+    await h.drain();
+    expect((await h.get(id)).state).toBe('calling'); // the real call is still ringing: nothing changed
+    expect(s.posts).toHaveLength(0);
   });
 });
