@@ -86,15 +86,38 @@ export interface LoggerOptions {
   secrets?: string[];
 }
 
-/** Properties of HTTP client errors (axios) that hold whole requests: URLs, headers, bodies. */
-const NOISY_ERROR_KEYS = ['config', 'request', 'response', 'payload', 'headers', 'data'];
+/**
+ * Properties of errors that hold whole requests or a query's values: axios's
+ * config/request/response (URLs, headers, bodies), drizzle's `params` and
+ * postgres.js's `parameters`/`args` (a failed insert's name, phone and comment).
+ */
+const NOISY_ERROR_KEYS = ['config', 'request', 'response', 'payload', 'headers', 'data', 'params', 'parameters', 'args'];
+/** Free-text properties of database errors (PostgreSQL's detail names the offending value). */
+const TEXT_ERROR_KEYS = ['message', 'stack', 'detail', 'where', 'hint', 'query'];
+
+/**
+ * The text drizzle puts into a failed query's message ("params: Anna,+7916...") for
+ * every error of the `cause` chain that carries its parameters.
+ */
+function paramTexts(err: unknown): string[] {
+  const out: string[] = [];
+  let e: unknown = err;
+  for (let i = 0; i < 8 && e !== null && typeof e === 'object'; i++) {
+    const params = (e as { params?: unknown }).params;
+    if (Array.isArray(params) && params.length > 0) out.push(`params: ${String(params)}`);
+    e = (e as { cause?: unknown }).cause;
+  }
+  return out.sort((a, b) => b.length - a.length);
+}
 
 /**
  * Errors are logged with their message and stack (causes included) and their small own
- * properties; phone numbers in messages (a failed query's parameters, say) are masked
- * and request/response objects that carry credentials are left out.
+ * properties; a failed query keeps its SQL but not its parameters (names, phones, note
+ * text), phone numbers in messages are masked, and request/response objects that carry
+ * credentials are left out.
  */
 export function serializeError(err: unknown): unknown {
+  const hidden = paramTexts(err);
   const s = pino.stdSerializers.err(err as Error) as unknown;
   if (s === null || typeof s !== 'object') return s;
   const o = s as Record<string, unknown>;
@@ -105,9 +128,27 @@ export function serializeError(err: unknown): unknown {
       if (k === 'response' && v && typeof v.status === 'number') o.status = v.status;
     }
   }
-  if (typeof o.message === 'string') o.message = maskPhonesInText(o.message);
-  if (typeof o.stack === 'string') o.stack = maskPhonesInText(o.stack);
+  for (const k of TEXT_ERROR_KEYS) {
+    const v = o[k];
+    if (typeof v !== 'string') continue;
+    let t: string = v;
+    for (const h of hidden) if (t.includes(h)) t = t.split(h).join('params: [hidden]');
+    o[k] = maskPhonesInText(t);
+  }
   return o;
+}
+
+/**
+ * Runs of 10-15 digits, with the separators people type (spaces, dots, dashes,
+ * brackets), starting at a word boundary or right after a JSON escape (\\n, \\t):
+ * national numbers such as "8 (916) 123-45-67" that no field name announced.
+ */
+const DIGIT_RUN = /(?:(?<=\\[nrt])|(?<![\w.+*]))\d(?:[ ().-]{0,3}\d){9,14}(?![\w*])/g;
+
+function isPhoneLike(m: string): boolean {
+  if (/^\d+\.\d+$/.test(m)) return false; // a decimal number
+  if (/^\d{4}-\d{2}-\d{2}/.test(m)) return false; // a date
+  return true;
 }
 
 function jsonEscaped(v: string): string {
@@ -131,7 +172,8 @@ export function createLineScrubber(secrets: string[] = []): (line: string) => st
       .replace(/([?&](?:auth|access_token|refresh_token|client_secret|api_key|token|key|secret)=)[^&#"\\\s]*/gi, '$1***')
       .replace(/("(?:api_key|apiKey|client_secret|clientSecret|refresh_token|refreshToken|access_token|accessToken|password|secret|authorization)"\s*:\s*")(?:[^"\\]|\\.)*"/gi, '$1[redacted]"')
       .replace(/(Bearer\s+)[A-Za-z0-9._~+/=-]{6,}/g, '$1[redacted]')
-      .replace(/\+\d{7,15}(?!\d)/g, (m) => maskPhone(m) ?? m);
+      .replace(/\+\d{7,15}(?!\d)/g, (m) => maskPhone(m) ?? m)
+      .replace(DIGIT_RUN, (m) => (isPhoneLike(m) ? (maskPhone(m) ?? m) : m));
   };
 }
 

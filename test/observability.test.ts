@@ -10,6 +10,7 @@ import { startFakeTelegram, type FakeTelegram } from './fakes/telegram.js';
 import { FakeVoximplantApi, voxAnswers } from './fakes/voximplant-api.js';
 import { startFakeBitrix, type FakeBitrix } from './fakes/bitrix24.js';
 import { startVoxCaller, type VoxCaller } from './support/vox-caller.js';
+import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
 
 /** Where the backend does not matter: real PostgreSQL when there is one (much cheaper to start than PGlite). */
 const ANY_BACKEND = TEST_DATABASE_URL ? ('postgres' as const) : ('pglite' as const);
@@ -48,6 +49,9 @@ describe('logs: ids, masked phones, redacted secrets over a full run', () => {
   let caller: VoxCaller;
   let service: Service;
   let pg: TestDatabase | undefined;
+  /** Between the service and PostgreSQL: the run has a database outage in it. */
+  let proxy: TcpProxy | undefined;
+  let stopped = false;
   const logs = new LogCapture();
   let url = '';
 
@@ -80,10 +84,13 @@ describe('logs: ids, masked phones, redacted secrets over a full run', () => {
       VOXIMPLANT_API_URL: vox.url,
       VOXIMPLANT_TIMEOUT: '3s',
       SMS_LANGUAGE: 'en',
+      INTAKE_TIMEOUT: '3s',
     };
     if (TEST_DATABASE_URL) {
       pg = await createTestDatabase();
-      const u = new URL(pg.url);
+      const target = new URL(pg.url);
+      proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
+      const u = new URL(proxy.url(pg.url));
       u.password = SECRETS.dbPassword; // trust auth ignores it; the logs must not show it
       env.DATABASE_URL = u.toString();
     }
@@ -97,7 +104,8 @@ describe('logs: ids, masked phones, redacted secrets over a full run', () => {
   });
   afterAll(async () => {
     await caller?.stop();
-    await service?.stop();
+    if (!stopped) await service?.stop();
+    await proxy?.close();
     await tg?.close();
     await vox?.close();
     await bitrix?.close();
@@ -158,6 +166,30 @@ describe('logs: ids, masked phones, redacted secrets over a full run', () => {
     // Metrics scraped at least once (the collector reads the database).
     expect((await fetch(`${url}/metrics`)).status).toBe(200);
 
+    // A database outage: failed queries are logged, with the values they carried.
+    const outagePhone = '8 (917) 222-33-44';
+    if (proxy) {
+      proxy.down();
+      // Each waits for a connection and is answered 503 at INTAKE_TIMEOUT (taken back once stored late).
+      for (let i = 0; i < 2; i++) {
+        const r = await fetch(`${url}/v1/leads`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${SECRETS.intake}` },
+          body: JSON.stringify({ name: 'Outage Customer', phone: outagePhone, comment: `ring ${outagePhone}` }),
+        });
+        expect(r.status).toBe(503);
+      }
+      expect((await fetch(`${url}/v1/leads/${ids[0]}`, { headers: admin })).status).toBe(503);
+      await new Promise((res) => setTimeout(res, 1500)); // the workers meet the outage too
+      proxy.up();
+      await waitUntil(async () => (await fetch(`${url}/readyz`)).status === 200, 20_000);
+      expect(logs.json().some((j) => j.msg === 'database unavailable: answered 503')).toBe(true);
+    }
+    // Shutdown (what SIGTERM runs) logs too.
+    await caller.stop();
+    await service.stop();
+    stopped = true;
+
     const lines = logs.lines;
     expect(lines.length).toBeGreaterThan(50);
     const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
@@ -186,7 +218,8 @@ describe('logs: ids, masked phones, redacted secrets over a full run', () => {
       for (const sec of secretForms) expect(line.includes(sec), `secret ${sec.slice(0, 6)}… in: ${line.slice(0, 400)}`).toBe(false);
     }
     // No full phone number, however it was written.
-    const numbers = [...PHONES.map((p) => p.nsn), '9123456780'];
+    const numbers = [...PHONES.map((p) => p.nsn), '9123456780', '9172223344'];
+    for (const line of lines) expect(line.includes('Outage Customer'), `a name in: ${line.slice(0, 400)}`).toBe(false);
     for (const line of lines) {
       const squeezed = line.replace(/[\s().-]/g, '');
       for (const n of numbers) expect(squeezed.includes(n), `phone ${n.slice(0, 4)}… in: ${line.slice(0, 400)}`).toBe(false);
@@ -220,6 +253,43 @@ describe('the logger on its own', () => {
     expect(all).toContain('+7916*****67');
     expect(all).toContain('Request failed with status code 502');
     expect(logs.json()[0]).toMatchObject({ err: { status: 502 } });
+  });
+});
+
+describe('the logger and failed queries', () => {
+  it('keeps the SQL of a failed query but not its parameters, along the whole cause chain', async () => {
+    const { DrizzleQueryError } = await import('drizzle-orm/errors');
+    const logs = new LogCapture();
+    const log = createLogger({ level: 'debug', destination: logs as never });
+    const driver = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
+    const params = ['Anna Karenina', '+79161234567', '8 (916) 123-45-67', 'call me at 89161234567 after six', 'Vronsky notes'];
+    const failed = new DrizzleQueryError('insert into "leads" ("name", "phone", "phone_raw", "comment") values ($1, $2, $3, $4)', params, driver);
+    // As the HTTP layer and the engine log it: directly, and wrapped once more.
+    log.warn({ err: failed }, 'database unavailable: answered 503');
+    log.error({ err: new Error('tick failed', { cause: failed }) }, 'engine tick failed');
+    // A PostgreSQL error whose detail names the value.
+    log.error({ err: Object.assign(new Error('duplicate key value violates unique constraint'), { code: '23505', detail: 'Key (phone)=(8 916 123 45 67) already exists.' }) }, 'insert failed');
+    const all = logs.lines.join('\n');
+    for (const leak of ['Anna Karenina', 'Vronsky', '9161234567']) expect(all.replace(/[\s().-]/g, '').includes(leak.replace(/[\s().-]/g, '')), leak).toBe(false);
+    // Still useful: the statement and the driver's reason.
+    expect(all).toContain('insert into \\"leads\\"');
+    expect(all).toContain('ECONNREFUSED');
+    const [first] = logs.json() as { err: Record<string, unknown> }[];
+    expect(first!.err.params).toBeUndefined();
+    expect(first!.err.query).toContain('insert into');
+  });
+
+  it('masks national numbers (10-15 digits with separators) that no field announced, leaves other numbers alone', () => {
+    const logs = new LogCapture();
+    const log = createLogger({ level: 'debug', destination: logs as never });
+    log.info({ note: 'reach me: 8 (903) 765-43-21 or 903.765.43.22', list: ['9261112233'], line: 'a\n89995550005' }, 'free text');
+    log.info({ leadId: 123456, ms: 1234, at: '2025-03-10T10:00:00.000Z', ratio: 0.12345678901, big: '12345678901234567890' }, 'other numbers');
+    const [a, b] = logs.lines;
+    for (const n of ['9037654321', '9037654322', '9261112233', '9995550005']) expect(a!.replace(/[\s().-]/g, '').includes(n), n).toBe(false);
+    expect(b).toContain('"leadId":123456');
+    expect(b).toContain('2025-03-10T10:00:00.000Z');
+    expect(b).toContain('0.12345678901');
+    expect(b).toContain('12345678901234567890');
   });
 });
 
