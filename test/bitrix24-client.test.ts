@@ -149,7 +149,21 @@ describe('Bitrix24 client: webhook', () => {
     const bad = await expectProviderError(client.addComment('1; DROP', 'x'));
     expect(bad.kind).toBe('bad_request');
     const missing = await expectProviderError(client.addComment('999', 'x'));
-    expect(missing).toMatchObject({ kind: 'auth', code: 'ACCESS_DENIED' }); // the portal's "Access denied." for a lead it will not show
+    // The portal's "Access denied." for a lead it will not show: that lead's problem, not the portal's.
+    expect(missing).toMatchObject({ kind: 'bad_request', code: 'ACCESS_DENIED' });
+    const gone = await expectProviderError(client.setFinalState('999', 'confirmed'));
+    expect(gone.kind).toBe('bad_request');
+    // The same words on a lead add still mean the webhook user lacks a permission (scoped to the method).
+    fake.inject({ method: 'crm.lead.add', answer: 'access_denied_empty_code' });
+    const denied = await expectProviderError(client.createLead(leadInput(14)));
+    expect(denied).toMatchObject({ kind: 'auth', code: 'ACCESS_DENIED', scope: 'crm.lead.add' });
+    // A portal-wide refusal carries no scope; what went through is reported once.
+    fake.inject({ method: 'crm.timeline.comment.add', answer: 'INVALID_CREDENTIALS' });
+    expect(await expectProviderError(client.addComment(crmId, 'x'))).toMatchObject({ kind: 'auth', scope: undefined });
+    client.takeSucceeded();
+    await client.addComment(crmId, 'y');
+    expect(client.takeSucceeded()).toEqual(['crm.timeline.comment.add']);
+    expect(client.takeSucceeded()).toEqual([]);
   });
 });
 

@@ -68,5 +68,72 @@ for (const backend of BACKENDS) {
       expect((await effectsOf(h, id)).map((e) => e.status)).not.toContain('dead');
       expect(h.bitrix.leads.get(Number(crmId))!['STATUS_ID']).toBe(STATUS_MAP.confirmed);
     }, 120_000);
+
+    it('partner look-ups refused while comments land: one alert, no clear until look-ups work; a deleted lead raises nothing', async () => {
+      h = await startHarness(backend.name, {
+        start: '2025-03-10T10:00:00+03:00',
+        env: { INTAKE_RATE_LIMIT: 'off' },
+        crm: ({ bitrix, log }) =>
+          createBitrix24Client({
+            auth: { webhookUrl: bitrix.webhookUrl },
+            rateLimit: { ratePerSec: 1000, burst: 1000 },
+            retry: { attempts: 1 },
+            sleep: async () => {},
+            timeoutMs: 3000,
+            statusMap: { ...STATUS_MAP },
+            partnerStrategy: 'user_field:UF_USR_PARTNER',
+            log,
+          }),
+      });
+      const bx = h.bitrix;
+      // The webhook lacks the `user` scope: partner look-ups fail, everything else works.
+      bx.inject({ method: 'user.get', answer: 'insufficient_scope', times: 10_000 });
+      bx.inject({ method: 'batch:user.get', answer: 'insufficient_scope', times: 10_000 });
+      const plain = ['+79162230021', '+79162230022', '+79162230023'];
+      const ids: number[] = [];
+      for (const phone of plain) ids.push(await h.lead({ name: 'No Partner', phone }));
+      const partnered = await h.lead({ name: 'Partnered', phone: '+79162230029', partner: 'p-77' });
+      await h.drain();
+      expect((await h.get(partnered)).crm_status).toBe('error');
+      expect(raised(await alerts(h))).toHaveLength(1);
+
+      // Comments and statuses of the other leads land while the look-ups keep failing.
+      for (const [i, phone] of plain.entries()) {
+        const [call] = h.calls(phone);
+        await h.result(call!, 'answered');
+        await h.advance(2 * MIN);
+        const crmId = (await h.get(ids[i]!)).crm_id;
+        expect(bx.comments.some((c) => String(c.ENTITY_ID) === String(crmId))).toBe(true);
+      }
+      for (let i = 0; i < 5; i++) await h.advance(10 * MIN);
+      let a = await alerts(h);
+      expect(raised(a), JSON.stringify(a)).toHaveLength(1);
+      expect(cleared(a), JSON.stringify(a)).toHaveLength(0);
+
+      // A manager deletes a lead in the CRM: its write-back is refused ("Access denied."), a note, no alert.
+      const doomed = await h.lead({ name: 'Deleted Later', phone: '+79162230031' });
+      await h.drain();
+      const doomedCrm = (await h.get(doomed)).crm_id;
+      bx.leads.delete(Number(doomedCrm));
+      const [dc] = h.calls('+79162230031');
+      await h.result(dc!, 'answered');
+      for (let i = 0; i < 3; i++) await h.advance(10 * MIN);
+      const dl = await h.get(doomed);
+      expect(dl.events.map((e) => e.reason)).toContain('crm_write_failed');
+      a = await alerts(h);
+      expect(raised(a), JSON.stringify(a)).toHaveLength(1);
+      expect(cleared(a)).toHaveLength(0);
+
+      // The scope is granted: the look-up succeeds, the lead is made, the incident clears once.
+      bx.clearInjections();
+      await pressRetry(h);
+      await h.drain();
+      expect((await h.get(partnered)).crm_status).toBe('created');
+      a = await alerts(h);
+      expect(raised(a)).toHaveLength(1);
+      expect(cleared(a)).toHaveLength(1);
+      const open = await h.db.query<{ n: number }>(sql`select count(*)::int as n from incidents where closed_at is null`);
+      expect(open[0]!.n).toBe(0);
+    }, 120_000);
   });
 }

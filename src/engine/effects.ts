@@ -120,6 +120,12 @@ export function outcomeUnknown(pe: ProviderError): boolean {
   return TIMEOUT_CODES.has(code) || code === '504' || code === 'malformed';
 }
 
+/** The operation a CRM failure concerns (a method the webhook may not call), or undefined for the whole CRM. */
+function crmScope(pe: ProviderError): string | undefined {
+  const s = (pe as { scope?: unknown }).scope;
+  return typeof s === 'string' && s !== '' ? s : undefined;
+}
+
 export function backoffMs(attempt: number, baseMs = 5_000, capMs = 15 * 60_000, jitter = Math.random()): number {
   const raw = Math.min(capMs, baseMs * 2 ** Math.max(0, attempt - 1));
   return Math.round(raw * (0.8 + 0.4 * jitter));
@@ -374,6 +380,16 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     };
   }
 
+  /**
+   * CRM work went through: clears the incidents it proves over. A client that says which
+   * operations succeeded (Bitrix24: takeSucceeded) clears only those (and portal-wide
+   * ones); one that does not clears every CRM incident.
+   */
+  async function crmProved(): Promise<void> {
+    const c = deps.crm as CrmClient & { takeSucceeded?: () => string[] };
+    await deps.incidents.resolve(deps.crm.provider, typeof c.takeSucceeded === 'function' ? c.takeSucceeded() : undefined);
+  }
+
   async function crmCreated(e: Claimed, crmId: string, existed: boolean): Promise<void> {
     await finishAndApply(e, { crmId, existed }, 'done', { type: 'crm_created', crmId }, { crm_id: crmId, existed });
   }
@@ -381,8 +397,8 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
   async function crmCreateFailed(e: Claimed, lead: LeadRow, err: unknown): Promise<void> {
     const pe = asProviderError(err, deps.crm.provider);
     log.warn({ err: pe, leadId: lead.id, kind: pe.kind, code: pe.code }, 'CRM lead not created');
-    if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message);
-    else if (e.attempts >= 3) await deps.incidents.open(pe.provider, 'unavailable', pe.message);
+    if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message, crmScope(pe));
+    else if (e.attempts >= 3) await deps.incidents.open(pe.provider, pe.kind === 'rate' ? 'rate' : 'unavailable', pe.message, crmScope(pe));
     if (lead.crmStatus !== 'error' && (pe.needsPeople || e.attempts >= 2 || pe.kind === 'bad_request')) {
       await deps.apply(lead.id, { type: 'crm_failed' }, { error: pe.kind, code: pe.code });
       await db.orm.update(leads).set({ crmError: `${pe.kind}: ${pe.message}`.slice(0, 300) }).where(eq(leads.id, lead.id));
@@ -413,14 +429,14 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
           await crmCreated(x.e, r.crmId, r.existed);
         } else await crmCreateFailed(x.e, x.lead, r ?? new Error('no result for this lead in the batch answer'));
       }
-      if (anyOk) await deps.incidents.resolve(deps.crm.provider);
+      if (anyOk) await crmProved();
       return;
     }
     for (const x of live) {
       try {
         const r = await deps.crm.createLead(crmInput(x.lead));
         await crmCreated(x.e, r.crmId, r.existed);
-        await deps.incidents.resolve(deps.crm.provider);
+        await crmProved();
       } catch (err) {
         await crmCreateFailed(x.e, x.lead, err);
       }
@@ -441,11 +457,11 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
         await deps.crm.setFinalState(lead.crmId, e.payload.state as CrmFinalState);
       }
       await finish(e, {});
-      await deps.incidents.resolve(deps.crm.provider);
+      await crmProved();
     } catch (err) {
       const pe = asProviderError(err, deps.crm.provider);
       log.warn({ err: pe, leadId: lead.id, effect: e.kind, kind: pe.kind }, 'CRM write-back failed');
-      if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message);
+      if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message, crmScope(pe));
       if (crmWriteGivesUp(err, pe, e.attempts)) {
         await finishWithNote(e, { error: describe(pe), kind: pe.kind }, 'dead', 'crm_write_failed', { effect: e.kind, error: pe.kind });
       } else {

@@ -66,9 +66,14 @@ export function createIncidents(deps: IncidentDeps) {
   }
 
   return {
-    /** Records a failure; returns true when this opened a new incident (and queued its alert). */
-    async open(provider: ProviderName, kind: FailureKind, message: string): Promise<boolean> {
+    /**
+     * Records a failure; returns true when this opened a new incident (and queued its alert).
+     * `scope` (a CRM method, say `user.get`) makes it an incident of that operation only:
+     * stored as `kind:scope`, it is cleared only by a success of that operation (resolve).
+     */
+    async open(provider: ProviderName, failure: FailureKind, message: string, scope?: string): Promise<boolean> {
       const now = clock.now();
+      const kind = scope === undefined || scope === '' ? failure : `${failure}:${scope}`;
       const rows = await db.orm
         .insert(incidents)
         .values({ provider, kind, message: message.slice(0, 500), openedAt: now })
@@ -85,21 +90,36 @@ export function createIncidents(deps: IncidentDeps) {
       }
       log.warn({ provider, kind, incident: row.id }, 'incident opened');
       const retry = deps.language === 'ru' ? '🔁 Повторить' : '🔁 Retry';
-      await queueText(incidentText(provider, kind, message, deps.language), [{ text: retry, data: `inc:${row.id}` }]);
+      await queueText(incidentText(provider, failure, message, deps.language), [{ text: retry, data: `inc:${row.id}` }]);
       return true;
     },
 
-    /** A success of `provider`: closes its open incidents, if any, with one short message. */
-    async resolve(provider: ProviderName): Promise<void> {
+    /**
+     * A success of `provider`: closes its open incidents, if any, with one short message.
+     * With `proved` (the operations that went through), only what they prove gone:
+     * portal-wide incidents, and scoped ones (`kind:scope`) whose scope is among them.
+     * A comment that lands does not clear "partner look-ups refused".
+     */
+    async resolve(provider: ProviderName, proved?: readonly string[]): Promise<void> {
       await sync();
       if (!open.has(provider)) return;
       const now = clock.now();
+      const which =
+        proved === undefined
+          ? sql`true`
+          : proved.length === 0
+            ? sql`position(':' in ${incidents.kind}) = 0`
+            : sql`(position(':' in ${incidents.kind}) = 0 or substr(${incidents.kind}, position(':' in ${incidents.kind}) + 1) in (${sql.join(
+                proved.map((p) => sql`${p}`),
+                sql`, `,
+              )}))`;
       const rows = await db.orm
         .update(incidents)
         .set({ closedAt: now })
-        .where(and(eq(incidents.provider, provider), isNull(incidents.closedAt)))
+        .where(and(eq(incidents.provider, provider), isNull(incidents.closedAt), which))
         .returning({ id: incidents.id, kind: incidents.kind });
-      open.delete(provider);
+      // Scoped incidents may still be open; the next sync() tells.
+      if (proved === undefined) open.delete(provider);
       for (const r of rows) {
         log.info({ provider, kind: r.kind, incident: r.id }, 'incident cleared');
         await queueText(deps.language === 'ru' ? `✅ ${provider}: снова работает.` : `✅ ${provider}: working again.`, []);

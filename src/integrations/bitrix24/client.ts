@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { Logger } from '../../logger.js';
 import { ProviderError, type CrmClient, type CrmCreateResult, type CrmFinalState, type CrmLeadInput } from '../types.js';
-import { bitrixError, classifyBitrixError, describe, isAmbiguous, normaliseCode } from './errors.js';
+import { bitrixError, classifyBitrixError, describe, isAmbiguous, isEntityRefusal, normaliseCode } from './errors.js';
 import {
   assertFieldMap,
   buildLeadFields,
@@ -72,6 +72,12 @@ export interface Bitrix24Client extends CrmClient {
   createLeads(inputs: CrmLeadInput[]): Promise<Array<CrmCreateResult | ProviderError>>;
   /** Requests sent and QUERY_LIMIT_EXCEEDED answers seen by this client. */
   readonly stats: { readonly requests: number; readonly queryLimitExceeded: number };
+  /**
+   * REST methods that went through since the last call. The engine clears an incident
+   * only by a success that proves its failure gone (the same method, or any for a
+   * portal-wide failure): see BitrixError.scope.
+   */
+  takeSucceeded(): string[];
 }
 
 /** Bitrix24 allows 50 commands in one `batch`. */
@@ -173,6 +179,7 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
           out.set(c.key, { ok: false, error: itemError(c.method, answer.result_error[c.key]) });
         } else if (Object.prototype.hasOwnProperty.call(answer.result, c.key)) {
           const next = answer.result_next[c.key];
+          transport.noteSuccess(c.method);
           out.set(c.key, { ok: true, result: answer.result[c.key], hasNext: next !== undefined && next !== null && next !== 0 });
         } else {
           out.set(c.key, {
@@ -201,6 +208,7 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
   const client: Bitrix24Client = {
     provider: 'bitrix24',
     stats: transport.stats,
+    takeSucceeded: () => transport.takeSucceeded(),
 
     async createLead(input: CrmLeadInput): Promise<CrmCreateResult> {
       const partner = await partners.resolve(input.partner);
@@ -400,28 +408,37 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
     async addComment(crmId: string, text: string): Promise<void> {
       const id = checkCrmId(crmId);
       if (text.trim() === '') return;
-      await transport.call(
-        'crm.timeline.comment.add',
-        { fields: { ENTITY_ID: Number(id), ENTITY_TYPE: 'lead', COMMENT: text } },
-        addResultSchema,
-        { idempotent: false },
-      );
+      await transport
+        .call('crm.timeline.comment.add', { fields: { ENTITY_ID: Number(id), ENTITY_TYPE: 'lead', COMMENT: text } }, addResultSchema, { idempotent: false })
+        .catch((err: unknown) => {
+          throw entityRefusal(err, id);
+        });
     },
 
     async setFinalState(crmId: string, state: CrmFinalState): Promise<void> {
       const status = statusMap[state];
       if (status === undefined || status === '') return;
       const id = checkCrmId(crmId);
-      await transport.call(
-        'crm.lead.update',
-        { id, fields: { STATUS_ID: status }, params: { REGISTER_SONET_EVENT: 'N' } },
-        updateResultSchema,
-        { idempotent: true },
-      );
+      await transport
+        .call('crm.lead.update', { id, fields: { STATUS_ID: status }, params: { REGISTER_SONET_EVENT: 'N' } }, updateResultSchema, { idempotent: true })
+        .catch((err: unknown) => {
+          throw entityRefusal(err, id);
+        });
       log.info({ event: 'bitrix24.lead_status', crmId: id, state, status }, 'Bitrix24 lead status set');
     },
   };
   return client;
+}
+
+/**
+ * A write-back refused for its lead alone (deleted, or out of the webhook user's reach:
+ * "Access denied." with an empty code, "Not found") is that lead's bad_request: a note
+ * on the timeline, no incident. Anything else passes through.
+ */
+function entityRefusal(err: unknown, crmId: string): unknown {
+  if (!isEntityRefusal(err)) return err;
+  const pe = err as ProviderError;
+  return bitrixError({ kind: 'bad_request', code: pe.code, message: `${pe.message} (lead ${crmId} deleted or out of reach)` });
 }
 
 /** Any result at all (partner look-ups are read by partner.ts). */
@@ -429,10 +446,10 @@ const unknownResult = z.unknown();
 
 function itemError(method: string, raw: unknown): ProviderError {
   const e = errorBodySchema.safeParse(raw);
-  if (!e.success) return bitrixError({ kind: 'bad_request', code: 'UNKNOWN', message: `Bitrix24 ${method} refused` });
+  if (!e.success) return bitrixError({ kind: 'bad_request', code: 'UNKNOWN', method, message: `Bitrix24 ${method} refused` });
   const desc = typeof e.data.error_description === 'string' ? e.data.error_description : undefined;
   const code = normaliseCode(e.data.error, desc);
-  return bitrixError({ kind: classifyBitrixError(code, undefined, desc), code, message: `Bitrix24 ${method}: ${describe(code, e.data.error_description)}` });
+  return bitrixError({ kind: classifyBitrixError(code, undefined, desc), code, method, message: `Bitrix24 ${method}: ${describe(code, e.data.error_description)}` });
 }
 
 function unknownError(err: unknown): ProviderError {

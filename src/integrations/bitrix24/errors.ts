@@ -57,11 +57,45 @@ export function normaliseCode(code: string, description?: string): string {
 }
 
 /**
+ * Codes that refuse one method (a scope the webhook lacks, a method blocked for
+ * minutes), not the portal as a whole: an incident they open is cleared only by a
+ * success of that same method (`scope` on the error), never by, say, a comment that
+ * went through while partner look-ups still fail.
+ */
+const METHOD_SCOPED_CODES = new Set(['insufficient_scope', 'invalid_scope', 'error_method_not_found', 'access_denied', 'user_access_error', 'operation_time_limit']);
+
+/** The method an incident of this failure is about, or undefined when it concerns the whole portal. */
+export function scopeFor(code: string | number | undefined, method: string | undefined): string | undefined {
+  if (method === undefined || code === undefined) return undefined;
+  return METHOD_SCOPED_CODES.has(String(code).trim().toLowerCase()) ? method : undefined;
+}
+
+/** A Bitrix24 failure; `scope` is the method an incident of it is about (undefined: the whole portal). */
+export class BitrixError extends ProviderError {
+  scope: string | undefined;
+  constructor(init: ConstructorParameters<typeof ProviderError>[0] & { scope?: string | undefined }) {
+    super(init);
+    this.scope = init.scope;
+  }
+}
+
+/**
+ * "Access denied." with an empty code, or "Not found", for one lead: a manager deleted
+ * the lead or took it out of the webhook user's reach. That lead's write-back cannot
+ * land; nothing is wrong with the portal.
+ */
+export function isEntityRefusal(err: unknown): boolean {
+  if (!(err instanceof ProviderError)) return false;
+  if (err.code === 'ACCESS_DENIED') return /: access denied\.?$/i.test(err.message);
+  return err.kind === 'bad_request' && /: not found\.?$/i.test(err.message);
+}
+
+/**
  * A failure whose outcome is unknown: the request may have been carried out (a
  * timeout after sending, a dropped connection, a 5xx, a garbled answer). A
  * non-idempotent call (crm.lead.add) must look before it tries again.
  */
-export class AmbiguousOutcomeError extends ProviderError {
+export class AmbiguousOutcomeError extends BitrixError {
   readonly ambiguous = true;
 }
 
@@ -72,6 +106,8 @@ export function bitrixError(opts: {
   retryAfterMs?: number | undefined;
   cause?: unknown;
   ambiguous?: boolean;
+  /** The REST method that failed (decides the incident's scope, see scopeFor). */
+  method?: string | undefined;
 }): ProviderError {
   const init = {
     provider: 'bitrix24' as const,
@@ -80,8 +116,9 @@ export function bitrixError(opts: {
     code: opts.code,
     retryAfterMs: opts.retryAfterMs,
     cause: opts.cause,
+    scope: scopeFor(opts.code, opts.method),
   };
-  return opts.ambiguous ? new AmbiguousOutcomeError(init) : new ProviderError(init);
+  return opts.ambiguous ? new AmbiguousOutcomeError(init) : new BitrixError(init);
 }
 
 export function isAmbiguous(err: unknown): boolean {

@@ -48,6 +48,10 @@ export interface Transport {
   call<S extends z.ZodType>(method: string, params: Record<string, unknown>, schema: S, opts: CallOptions): Promise<z.output<S>>;
   /** HTTP requests sent (every try counts); for benchmarks. */
   readonly stats: { requests: number; queryLimitExceeded: number };
+  /** Records a method that went through (a command inside a batch). */
+  noteSuccess(method: string): void;
+  /** The methods that went through since the last call (what a success proves, for incidents). */
+  takeSucceeded(): string[];
 }
 
 type Outcome =
@@ -60,6 +64,7 @@ type Outcome =
       message: string;
       /** The request may have been carried out. */
       ambiguous: boolean;
+      method?: string;
     };
 
 const TOKEN_REJECTED = new Set(['expired_token', 'invalid_token', 'no_auth_found']);
@@ -79,6 +84,7 @@ export function createTransport(opts: {
   const http = opts.http ?? axios.create();
   const { log, retry } = opts;
   const stats = { requests: 0, queryLimitExceeded: 0 };
+  const succeeded = new Set<string>();
 
   async function attempt(method: string, params: Record<string, unknown>, schema: z.ZodType, token: string | undefined, base: string): Promise<Outcome> {
     await opts.limiter.acquire();
@@ -172,7 +178,11 @@ export function createTransport(opts: {
         base = opts.auth.base;
       }
       const out = await attempt(method, params, schema, token, base);
-      if (out.ok) return out.value as z.output<S>;
+      if (out.ok) {
+        succeeded.add(method);
+        return out.value as z.output<S>;
+      }
+      out.method = method;
 
       const code = out.code.toLowerCase();
       // A token can die under us when another instance refreshes (the old pair stops working):
@@ -219,11 +229,20 @@ export function createTransport(opts: {
     await opts.sleep(delayMs);
   }
 
-  return { call, stats };
+  return {
+    call,
+    stats,
+    noteSuccess: (m) => void succeeded.add(m),
+    takeSucceeded() {
+      const out = [...succeeded];
+      succeeded.clear();
+      return out;
+    },
+  };
 }
 
 function fail(out: Extract<Outcome, { ok: false }>, kind: FailureKind, retryAfterMs?: number): ProviderError {
-  return bitrixError({ kind, code: out.code, message: out.message, retryAfterMs, ambiguous: out.ambiguous && kind === 'unavailable' });
+  return bitrixError({ kind, code: out.code, message: out.message, retryAfterMs, ambiguous: out.ambiguous && kind === 'unavailable', method: out.method });
 }
 
 function isErrorBody(body: unknown): boolean {
