@@ -173,6 +173,57 @@ for (const backend of BACKENDS) {
       expect(await sessions()).toBe(0);
       const r = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/schedule ${id}` }));
       expect(plain(r)).toBe('A call cannot be scheduled while the lead is confirmed.');
+      // The commands check the state like the buttons do.
+      for (const cmd of ['note', 'phone']) {
+        const m = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/${cmd} ${id}` }));
+        expect(plain(m)).toBe('Not possible while the lead is confirmed.');
+        expect(m.reply_markup?.force_reply).toBeUndefined();
+      }
+      expect(await sessions()).toBe(0);
+    });
+
+    it('a 429 on a dialog question is waited out once: the answers after it are not slowed', async () => {
+      const id = await c.insertLead({ state: 'no_answer_wait', name: 'Flooded' });
+      c.tg.failNext('sendMessage', 1, 2, (p) => String(p.text).includes(`Note for <b>#${id}</b>`));
+      const t0 = Date.now();
+      const q = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/note ${id}` }));
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1900); // retry_after honoured (auto-retry on bot.api)
+      let t1 = Date.now();
+      const hint = await reply(q, 'x'.repeat(1001));
+      expect(plain(hint)).toContain('That is too long');
+      expect(Date.now() - t1).toBeLessThan(1500);
+      t1 = Date.now();
+      expect(plain(await reply(hint, 'after the flood'))).toBe(`📝 Note added to #${id} (and sent to the CRM).`);
+      expect(Date.now() - t1).toBeLessThan(1500);
+      const asks = c.tg.callsOf('sendMessage').filter((x) => String(x.params.text).includes(`Note for <b>#${id}</b>`));
+      expect(asks.map((x) => x.status429 === true)).toEqual([true, false]);
+      await waitFor(async () => (await sessions()) === 0);
+    });
+
+    it('dialog messages count in the pacing of their chat; in a private chat a plain message is the answer', async () => {
+      const id = await c.insertLead({ state: 'no_answer_wait', name: 'Private' });
+      const chat = String(COLLEAGUE);
+      const pacing = async () => (await c.db.query<{ n: number }>(sql`select count(*)::int as n from tg_pacing where chat_id = ${chat}`))[0]!.n;
+      await c.db.query(sql`delete from tg_pacing where chat_id = ${chat}`);
+      const q = await c.tg.replyTo(chat, c.tg.say({ chatId: chat, userId: COLLEAGUE, text: `/note ${id}` }));
+      expect(plain(q)).toContain(`Note for #${id}`);
+      await waitFor(async () => (await pacing()) === 1);
+      await c.db.query(sql`delete from tg_pacing where chat_id = ${chat}`);
+      const m = c.tg.say({ chatId: chat, userId: COLLEAGUE, text: 'typed without replying' });
+      expect(plain(await c.tg.replyTo(chat, m))).toBe(`📝 Note added to #${id} (and sent to the CRM).`);
+      await waitFor(async () => (await pacing()) === 1);
+      expect((await c.events(id)).find((e) => e.reason === 'operator_note')?.data).toEqual({ text: 'typed without replying' });
+    });
+
+    it('in a group only a reply to the dialog\'s own question or hint is an answer, not a reply to another bot message', async () => {
+      const id = await c.insertLead({ state: 'no_answer_wait', name: 'Threads' });
+      const help = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: '/help' }));
+      const q = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/note ${id}` }));
+      const stray = c.tg.say({ chatId: CHAT, userId: OPERATOR, text: 'about the help text', replyTo: help.message_id });
+      const strayCancel = c.tg.say({ chatId: CHAT, userId: OPERATOR, text: 'cancel', replyTo: help.message_id });
+      expect(plain(await reply(q, 'the real note'))).toBe(`📝 Note added to #${id} (and sent to the CRM).`);
+      for (const mid of [stray, strayCancel]) expect(c.tg.chatMessages(CHAT).some((m) => m.reply_to_message_id === mid)).toBe(false);
+      expect((await c.events(id)).filter((e) => e.reason === 'operator_note').map((e) => e.data)).toEqual([{ text: 'the real note' }]);
     });
 
     // Last: it moves the clock (to the next evening), which would change the other tests' leads.
@@ -217,6 +268,31 @@ for (const backend of BACKENDS) {
       await c.waitLead(id, (l) => l.attempts === 2);
       const calls = (await c.events(id)).filter((e) => e.toState === 'calling');
       expect(calls.at(-1)).toMatchObject({ fromState: 'dial_pending', reason: 'call_now' });
+    });
+
+    // After the one above (the clock stands at 22:30 in Moscow on 11 March, and moves on).
+    it('a scheduled time is read against the time of the answer, not of the question', async () => {
+      const id = await c.insertLead({ state: 'manual', name: 'Slow typist' });
+      const q = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/schedule ${id}` }));
+      clock.advance(20 * 60_000); // 22:50: the operator took a while
+      const past = await reply(q, 'today 22:40');
+      expect(plain(past)).toMatch(/^That time has passed/);
+      const ok = await reply(past, '+30m');
+      expect(plain(ok)).toContain('will be called at 11.03.2026 23:20 (Europe/Moscow)');
+      expect((await c.lead(id)).nextRunAt?.toISOString()).toBe(new Date(clock.now().getTime() + 30 * 60_000).toISOString());
+    });
+
+    it('an answer to a dialog nobody answered for half an hour is told it expired, and changes nothing', async () => {
+      const id = await c.insertLead({ state: 'manual', name: 'Forgotten' });
+      const q = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/note ${id}` }));
+      await waitFor(async () => (await sessions()) === 1);
+      clock.advance(31 * 60_000);
+      expect(plain(await reply(q, 'too late'))).toBe('That dialog expired. Press the button (or send the command) again.');
+      await waitFor(async () => (await sessions()) === 0);
+      expect((await c.events(id)).some((e) => e.reason === 'operator_note')).toBe(false);
+      // A new dialog works as before.
+      const q2 = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/note ${id}` }));
+      expect(plain(await reply(q2, 'in time'))).toBe(`📝 Note added to #${id} (and sent to the CRM).`);
     });
   });
 }

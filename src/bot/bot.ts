@@ -201,13 +201,6 @@ export function createBot(deps: BotDeps) {
         getStorageKey: (ctx) => (ctx.chat && ctx.from ? `conv:${ctx.chat.id}:${ctx.from.id}` : NO_KEY),
         adapter: sessions,
       },
-      // Context objects inside dialogs get a fresh Api: 429s are honoured there too.
-      plugins: [
-        async (ctx, next) => {
-          ctx.api.config.use(autoRetry({ maxRetryAttempts: 3, maxDelaySeconds: 30 }));
-          await next();
-        },
-      ],
     }),
   );
 
@@ -216,45 +209,80 @@ export function createBot(deps: BotDeps) {
     return ctx.message ? { reply_parameters: { message_id: ctx.message.message_id, allow_sending_without_reply: true } } : {};
   }
 
-  type Parse<T> = (text: string) => { ok: true; value: T } | { ok: false; hint: string };
+  type SendOptions = Parameters<Api['sendMessage']>[2];
+
+  /**
+   * A message from a dialog. Dialogs are replayed from their stored log on every update
+   * with a fresh Api, so their own ctx.api would replay a logged 429 (and auto-retry
+   * would sleep again each time) and skip this bot's transformers. Sent instead once,
+   * inside `external`, through bot.api (auto-retry, the outbox's pacing count); only the
+   * new message's id is logged. null: it could not be sent (logged).
+   */
+  function say(conversation: DialogConversation, chatId: number, text: string, other?: SendOptions): Promise<number | null> {
+    return conversation.external(async () => {
+      try {
+        return (await bot.api.sendMessage(chatId, text, other)).message_id;
+      } catch (err) {
+        log.warn({ err, chat: chatId }, 'dialog message not sent');
+        return null;
+      }
+    });
+  }
+
+  /** The service's clock, read once per step of a dialog (the value is logged for replays). */
+  const nowMs = (conversation: DialogConversation) => conversation.external(() => clock.now().getTime());
+
+  type Parse<T> = (text: string) => Promise<{ ok: true; value: T } | { ok: false; hint: string }> | { ok: true; value: T } | { ok: false; hint: string };
 
   function forceReply(placeholder: string) {
     return { force_reply: true as const, selective: true, input_field_placeholder: placeholder };
   }
 
+  interface Asked<T> {
+    value: T;
+    answer: { reply_parameters: { message_id: number; allow_sending_without_reply: true } };
+  }
+
   /**
-   * Asks until a good answer comes, or the person cancels (null). Anything that is not
-   * an answer (a button, another command, chatter in the group) goes on to the rest of
-   * the bot; the dialog stays where it is.
+   * Asks until a good answer comes, or the person cancels (null). An answer is a reply
+   * to this dialog's own question or hints (in a group), or any text of that person (in
+   * a private chat). Anything else (a button, another command, chatter, a reply to some
+   * other message of the bot) goes on to the rest of the bot; the dialog stays where it
+   * is. An answer after `dialogTimeout` of silence is told that the dialog expired.
    */
-  async function ask<T>(
-    conversation: DialogConversation,
-    ctx: Context,
-    actor: Actor,
-    prompt: string,
-    placeholder: string,
-    parse: Parse<T>,
-  ): Promise<{ value: T; answer: { reply_parameters: { message_id: number; allow_sending_without_reply: true } } } | null> {
-    await ctx.reply(`${mention(actor)}, ${prompt}\n<i>${t.cancelHint}</i>`, { parse_mode: 'HTML', reply_markup: forceReply(placeholder), ...threadTo(ctx) });
-    const group = ctx.chat?.type !== 'private';
+  async function ask<T>(conversation: DialogConversation, ctx: Context, actor: Actor, prompt: string, placeholder: string, parse: Parse<T>): Promise<Asked<T> | null> {
+    const chatId = ctx.chat!.id;
+    const group = ctx.chat!.type !== 'private';
+    const first = await say(conversation, chatId, `${mention(actor)}, ${prompt}\n<i>${t.cancelHint}</i>`, { parse_mode: 'HTML', reply_markup: forceReply(placeholder), ...threadTo(ctx) });
+    // Nobody saw the question: no answer can come (the person presses again).
+    if (first === null) return null;
+    const mine = new Set<number>([first]);
+    let askedAt = await nowMs(conversation);
     for (;;) {
-      const c = await conversation.wait({ maxMilliseconds: dialogTimeout });
+      const c = await conversation.wait({ maxMilliseconds: undefined });
       const msg = c.message;
       if (!msg || msg.text === undefined) return await conversation.skip({ next: true });
       const text = msg.text.trim();
-      if (/^\/cancel(@\w+)?$/i.test(text) || /^(cancel|отмена|отменить)$/i.test(text)) {
-        await c.reply(t.cancelled, { reply_parameters: { message_id: msg.message_id, allow_sending_without_reply: true } });
+      const command = text.startsWith('/');
+      const toThis = group ? msg.reply_to_message !== undefined && mine.has(msg.reply_to_message.message_id) : !command;
+      const cancel = /^\/cancel(@\w+)?$/i.test(text) || (toThis && /^(cancel|отмена|отменить)$/i.test(text));
+      const threaded = { reply_parameters: { message_id: msg.message_id, allow_sending_without_reply: true as const } };
+      if ((await nowMs(conversation)) - askedAt >= dialogTimeout) {
+        // Expired: an answer hears so; anything else (a /cancel, a new command) goes on.
+        if (!toThis || command) return await conversation.halt({ next: true });
+        await say(conversation, chatId, t.dialogExpired, threaded);
+        return await conversation.halt();
+      }
+      if (cancel) {
+        await say(conversation, chatId, t.cancelled, threaded);
         return null;
       }
-      if (text.startsWith('/')) return await conversation.skip({ next: true });
-      if (group && msg.reply_to_message?.from?.id !== c.me.id) return await conversation.skip({ next: true });
-      const r = parse(text);
-      if (r.ok) return { value: r.value, answer: { reply_parameters: { message_id: msg.message_id, allow_sending_without_reply: true } } };
-      await c.reply(`${r.hint}\n<i>${t.cancelHint}</i>`, {
-        parse_mode: 'HTML',
-        reply_markup: forceReply(placeholder),
-        reply_parameters: { message_id: msg.message_id, allow_sending_without_reply: true },
-      });
+      if (command || !toThis) return await conversation.skip({ next: true });
+      const r = await parse(text);
+      if (r.ok) return { value: r.value, answer: threaded };
+      const hint = await say(conversation, chatId, `${r.hint}\n<i>${t.cancelHint}</i>`, { parse_mode: 'HTML', reply_markup: forceReply(placeholder), ...threaded });
+      if (hint !== null) mine.add(hint);
+      askedAt = await nowMs(conversation);
     }
   }
 
@@ -276,8 +304,9 @@ export function createBot(deps: BotDeps) {
   const leadLabel = (l: LeadBrief) => `<b>#${l.id}</b> (${escapeHtml(l.name || '—')})`;
 
   async function noteDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
+    const chatId = ctx.chat!.id;
     const lead = await conversation.external(() => brief(leadId));
-    if (!lead) return void (await ctx.reply(t.noLead, threadTo(ctx)));
+    if (!lead) return void (await say(conversation, chatId, t.noLead, threadTo(ctx)));
     const got = await ask(conversation, ctx, actor, t.askNote(leadLabel(lead)), t.placeholderNote, (s) =>
       s.length === 0 ? { ok: false, hint: t.noteEmpty } : s.length > NOTE_MAX ? { ok: false, hint: t.noteTooLong(NOTE_MAX) } : { ok: true, value: s },
     );
@@ -288,17 +317,18 @@ export function createBot(deps: BotDeps) {
       if (r) notifyChange();
       return r;
     });
-    await ctx.reply(ok ? t.noteSaved(leadId) : t.noLead, got.answer);
+    await say(conversation, chatId, ok ? t.noteSaved(leadId) : t.noLead, got.answer);
   }
 
   async function phoneDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
+    const chatId = ctx.chat!.id;
     const lead = await conversation.external(() => brief(leadId));
-    if (!lead) return void (await ctx.reply(t.noLead, threadTo(ctx)));
+    if (!lead) return void (await say(conversation, chatId, t.noLead, threadTo(ctx)));
     const current = lead.phone ? `<code>${lead.phone}</code>` : escapeHtml(lead.phoneRaw.slice(0, 64));
     const got = await ask(conversation, ctx, actor, t.askPhone(leadLabel(lead), current), t.placeholderPhone, (s) => {
-      if (s.length > 64) return { ok: false, hint: t.phoneBad('too long') };
+      if (s.length > 64) return { ok: false, hint: t.phoneBad(t.phoneReasons['too long']) };
       const n = normalizePhone(s, deps.defaultCountry as CountryCode);
-      return n.e164 ? { ok: true, value: { e164: n.e164, raw: s } } : { ok: false, hint: t.phoneBad(n.reason ?? 'invalid number') };
+      return n.e164 ? { ok: true, value: { e164: n.e164, raw: s } } : { ok: false, hint: t.phoneBad(t.phoneReasons[n.reason ?? 'invalid number']) };
     });
     if (got === null) return;
     const phone = got.value;
@@ -307,21 +337,23 @@ export function createBot(deps: BotDeps) {
       if (res) notifyChange();
       return res;
     });
-    if (!r) return void (await ctx.reply(t.noLead, got.answer));
-    await ctx.reply(r.state === 'dial_pending' ? t.phoneSavedDialling(leadId, phone.e164) : t.phoneSaved(leadId, phone.e164, r.state), {
+    if (!r) return void (await say(conversation, chatId, t.noLead, got.answer));
+    await say(conversation, chatId, r.state === 'dial_pending' ? t.phoneSavedDialling(leadId, phone.e164) : t.phoneSaved(leadId, phone.e164, r.state), {
       parse_mode: 'HTML',
       ...got.answer,
     });
   }
 
   async function scheduleDialog(conversation: DialogConversation, ctx: Context, leadId: number, actor: Actor): Promise<void> {
+    const chatId = ctx.chat!.id;
     const lead = await conversation.external(() => brief(leadId));
-    if (!lead) return void (await ctx.reply(t.noLead, threadTo(ctx)));
-    if (!allowedActions(lead).includes('call_now')) return void (await ctx.reply(t.scheduleNotPossible(lead.state), threadTo(ctx)));
-    const nowMs = await conversation.external(() => clock.now().getTime());
-    const example = DateTime.fromMillis(nowMs).setZone(deps.timezone).plus({ days: 2 }).toFormat('dd.LL') + ' 11:00';
-    const got = await ask(conversation, ctx, actor, t.askSchedule(leadLabel(lead), deps.timezone, example), t.placeholderTime, (s) => {
-      const p = parseScheduleTime(s, new Date(nowMs), deps.timezone, SCHEDULE_MAX_DAYS);
+    if (!lead) return void (await say(conversation, chatId, t.noLead, threadTo(ctx)));
+    if (!allowedActions(lead).includes('call_now')) return void (await say(conversation, chatId, t.scheduleNotPossible(lead.state), threadTo(ctx)));
+    const openedAt = await nowMs(conversation);
+    const example = DateTime.fromMillis(openedAt).setZone(deps.timezone).plus({ days: 2 }).toFormat('dd.LL') + ' 11:00';
+    const got = await ask(conversation, ctx, actor, t.askSchedule(leadLabel(lead), deps.timezone, example), t.placeholderTime, async (s) => {
+      // "Now" is read for each answer: "14:30" or "+30m" typed later count from then.
+      const p = parseScheduleTime(s, new Date(await nowMs(conversation)), deps.timezone, SCHEDULE_MAX_DAYS);
       if (p.ok) return { ok: true, value: p.at.getTime() };
       return { ok: false, hint: p.error === 'past' ? t.schedulePast : p.error === 'too_far' ? t.scheduleTooFar(SCHEDULE_MAX_DAYS) : t.scheduleBad };
     });
@@ -332,15 +364,16 @@ export function createBot(deps: BotDeps) {
       if (res) notifyChange();
       return res;
     });
-    if (!r) return void (await ctx.reply(t.noLead, got.answer));
-    if (!r.applied) return void (await ctx.reply(t.scheduleNotPossible(r.state), got.answer));
-    await ctx.reply(t.scheduled(leadId, formatScheduleTime(new Date(at), deps.timezone), deps.timezone), { parse_mode: 'HTML', ...got.answer });
+    if (!r) return void (await say(conversation, chatId, t.noLead, got.answer));
+    if (!r.applied) return void (await say(conversation, chatId, t.scheduleNotPossible(r.state), got.answer));
+    await say(conversation, chatId, t.scheduled(leadId, formatScheduleTime(new Date(at), deps.timezone), deps.timezone), { parse_mode: 'HTML', ...got.answer });
   }
 
   const DIALOG_IDS: Record<DialogKind, string> = { note: 'note', phone: 'phone', sched: 'schedule' };
-  bot.use(createConversation(noteDialog, { id: 'note', maxMillisecondsToWait: dialogTimeout }));
-  bot.use(createConversation(phoneDialog, { id: 'phone', maxMillisecondsToWait: dialogTimeout }));
-  bot.use(createConversation(scheduleDialog, { id: 'schedule', maxMillisecondsToWait: dialogTimeout }));
+  // Timeouts are ask()'s own (on the service's clock, with a word to the person).
+  bot.use(createConversation(noteDialog, { id: 'note' }));
+  bot.use(createConversation(phoneDialog, { id: 'phone' }));
+  bot.use(createConversation(scheduleDialog, { id: 'schedule' }));
 
   /** Starts a dialog (a new one replaces an open one of the same person in this chat). */
   async function startDialog(ctx: BotContext, kind: DialogKind, leadId: number): Promise<void> {
@@ -530,7 +563,10 @@ export function createBot(deps: BotDeps) {
       operatorOnly(async (ctx) => {
         const id = parseLeadId(ctx.match);
         if (id === null) return answer(ctx, t.usage(cmd), { parse_mode: 'HTML' });
-        if (!(await getLead(db, id))) return answer(ctx, t.noLead);
+        const lead = await getLead(db, id);
+        if (!lead) return answer(ctx, t.noLead);
+        // The same check as the card's dialog buttons.
+        if (!dialogActions(lead).includes(kind)) return answer(ctx, kind === 'sched' ? t.scheduleNotPossible(lead.state) : t.refused(lead.state));
         return startDialog(ctx, kind, id);
       }),
     );

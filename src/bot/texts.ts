@@ -1,3 +1,4 @@
+import type { PhoneRejectReason } from '../domain/phone.js';
 import type { Lang } from './card.js';
 
 /** Everything the bot says, in English and Russian (BOT_LANGUAGE). Values are Telegram HTML. */
@@ -37,6 +38,10 @@ export interface Texts {
   noteSaved(id: number): string;
   askPhone(lead: string, current: string): string;
   phoneBad(reason: string): string;
+  /** Why a typed number cannot be used (normalizePhone's reasons). */
+  phoneReasons: Record<PhoneRejectReason, string>;
+  /** An answer to a dialog nobody answered for too long. */
+  dialogExpired: string;
   phoneSavedDialling(id: number, phone: string): string;
   phoneSaved(id: number, phone: string, state: string): string;
   askSchedule(lead: string, tz: string, example: string): string;
@@ -95,6 +100,15 @@ const EN: Texts = {
   noteSaved: (id) => `📝 Note added to #${id} (and sent to the CRM).`,
   askPhone: (lead, current) => `✏️ New phone for ${lead} (now ${current}): send the number.`,
   phoneBad: (reason) => `That number cannot be used (${reason}). Send it like +7 916 123-45-67 or 8 916 123 45 67.`,
+  phoneReasons: {
+    empty: 'empty',
+    'not a phone number': 'not a phone number',
+    'too short': 'too short',
+    'too long': 'too long',
+    'unknown country code': 'unknown country code',
+    'invalid number': 'invalid number',
+  },
+  dialogExpired: 'That dialog expired. Press the button (or send the command) again.',
   phoneSavedDialling: (id, phone) => `✏️ #${id}: phone is now <code>${phone}</code>; dialling again.`,
   phoneSaved: (id, phone, state) => `✏️ #${id}: phone is now <code>${phone}</code> (the lead is ${state}).`,
   askSchedule: (lead, tz, example) =>
@@ -167,6 +181,15 @@ const RU: Texts = {
   noteSaved: (id) => `📝 Заметка добавлена к #${id} (и отправлена в CRM).`,
   askPhone: (lead, current) => `✏️ Новый телефон для ${lead} (сейчас ${current}): пришлите номер.`,
   phoneBad: (reason) => `Этот номер не подходит (${reason}). Пришлите так: +7 916 123-45-67 или 8 916 123 45 67.`,
+  phoneReasons: {
+    empty: 'пусто',
+    'not a phone number': 'это не номер телефона',
+    'too short': 'слишком короткий',
+    'too long': 'слишком длинный',
+    'unknown country code': 'неизвестный код страны',
+    'invalid number': 'неверный номер',
+  },
+  dialogExpired: 'Этот диалог истёк. Нажмите кнопку (или отправьте команду) ещё раз.',
   phoneSavedDialling: (id, phone) => `✏️ #${id}: теперь телефон <code>${phone}</code>; звоним снова.`,
   phoneSaved: (id, phone, state) => `✏️ #${id}: теперь телефон <code>${phone}</code> (лид в состоянии ${state}).`,
   askSchedule: (lead, tz, example) =>

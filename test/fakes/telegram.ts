@@ -73,8 +73,8 @@ export interface FakeTelegram {
   messageTimes: Map<string, number[]>;
   /** Changes the flood limits (undefined: none). */
   setLimits(limits: FakeLimits | undefined): void;
-  /** Next N calls of `method` answer 429 with retry_after seconds. */
-  failNext(method: string, times: number, retryAfter?: number): void;
+  /** Next N calls of `method` (only those whose parameters `match`, when given) answer 429 with retry_after seconds. */
+  failNext(method: string, times: number, retryAfter?: number, match?: (params: Record<string, any>) => boolean): void;
   /** Members of chats: status by `chat:user` ('member', 'left', ...). */
   members: Map<string, string>;
   callsOf(method: string): RecordedCall[];
@@ -86,6 +86,38 @@ export interface FakeTelegram {
   cardOf(chatId: string, leadId: number): FakeMessage | undefined;
   waitFor(pred: () => boolean, timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
+}
+
+const HTML_TAGS = new Set(['b', 'strong', 'i', 'em', 'u', 'ins', 's', 'strike', 'del', 'span', 'tg-spoiler', 'a', 'tg-emoji', 'code', 'pre', 'blockquote']);
+
+/**
+ * Telegram's check of a parse_mode HTML text: every `<` starts a supported tag, every
+ * `&` an entity, and tags are closed in order. Returns Telegram's error text, or null.
+ */
+export function htmlParseError(text: string): string | null {
+  const open: string[] = [];
+  const bytes = (i: number) => Buffer.byteLength(text.slice(0, i));
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '&') {
+      const m = /^&(?:lt|gt|amp|quot|#\d{1,7}|#x[0-9a-f]{1,6});/i.exec(text.slice(i, i + 12));
+      if (!m) return `Bad Request: can't parse entities: Unsupported entity at byte offset ${bytes(i)}`;
+      i += m[0].length - 1;
+    } else if (ch === '<') {
+      const m = /^<(\/?)([a-z][a-z-]*)(\s[^<>]*)?>/i.exec(text.slice(i));
+      const name = m?.[2]?.toLowerCase();
+      if (!m || !name || !HTML_TAGS.has(name)) {
+        const what = /^<\/?([^\s>]*)/.exec(text.slice(i))?.[1] ?? '';
+        return `Bad Request: can't parse entities: Unsupported start tag "${what}" at byte offset ${bytes(i)}`;
+      }
+      if (m[1]) {
+        if (open.pop() !== name) return `Bad Request: can't parse entities: Unexpected end tag at byte offset ${bytes(i)}`;
+      } else open.push(name);
+      i += m[0].length - 1;
+    }
+  }
+  if (open.length) return `Bad Request: can't parse entities: Can't find end tag corresponding to start tag "${open.at(-1)}"`;
+  return null;
 }
 
 function readJson(req: IncomingMessage): Promise<Record<string, any>> {
@@ -118,7 +150,7 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
   const members = new Map<string, string>();
   const updates: Record<string, unknown>[] = [];
   const waiting: { deliver(u: Record<string, unknown>[]): void; conflict(): void }[] = [];
-  const failures = new Map<string, { times: number; retryAfter: number }>();
+  const failures = new Map<string, { times: number; retryAfter: number; match?: ((params: Record<string, any>) => boolean) | undefined }>();
   let nextUpdate = 1;
   let nextMessage = 100;
   let closed = false;
@@ -176,7 +208,7 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
     calls.push(call);
 
     const f = failures.get(method);
-    if (f && f.times > 0) {
+    if (f && f.times > 0 && (!f.match || f.match(params))) {
       f.times--;
       status429++;
       call.status429 = true;
@@ -250,6 +282,8 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
         const chat = String(params.chat_id);
         if (!params.text || String(params.text).trim() === '') return err(res, 400, 'Bad Request: message text is empty');
         if (String(params.text).length > 4096) return err(res, 400, 'Bad Request: message is too long');
+        const bad = params.parse_mode === 'HTML' ? htmlParseError(String(params.text)) : null;
+        if (bad) return err(res, 400, bad);
         const replyTo = params.reply_parameters?.message_id ?? params.reply_to_message_id;
         const msg: FakeMessage = {
           message_id: nextMessage++,
@@ -268,6 +302,8 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
         const chat = String(params.chat_id);
         const msg = messages.get(`${chat}:${params.message_id}`);
         if (!msg) return err(res, 400, 'Bad Request: message to edit not found');
+        const bad = params.parse_mode === 'HTML' ? htmlParseError(String(params.text)) : null;
+        if (bad) return err(res, 400, bad);
         const sameMarkup = JSON.stringify(msg.reply_markup ?? null) === JSON.stringify(params.reply_markup ?? null);
         if (msg.text === String(params.text) && sameMarkup)
           return err(res, 400, 'Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message');
@@ -377,8 +413,8 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
     setLimits(l) {
       limits = l;
     },
-    failNext(method, times, retryAfter = 1) {
-      failures.set(method, { times, retryAfter });
+    failNext(method, times, retryAfter = 1, match) {
+      failures.set(method, { times, retryAfter, match });
     },
     callsOf(method) {
       return calls.filter((c) => c.method === method);
