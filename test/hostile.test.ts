@@ -428,6 +428,18 @@ describe('limits, token, CORS, rate limit', () => {
     for (let i = 0; i < 5; i++) expect((await send(p)).status).toBe(201);
   });
 
+  it('without ADMIN_TOKEN, reads leads only for the machine itself, never through a proxy', async () => {
+    const read = (base: string, headers: Record<string, string> = {}) => Promise.all([fetch(`${base}/v1/leads`, { headers }), fetch(`${base}/v1/leads/1`, { headers })]);
+    // Loopback, nothing forwarded: allowed (a lead list, or no such lead).
+    for (const r of await read(s.url)) expect([200, 404]).toContain(r.status);
+    // A same-host reverse proxy connects from 127.0.0.1 but says whom it forwards.
+    for (const h of [{ 'x-forwarded-for': '203.0.113.9' }, { forwarded: 'for=203.0.113.9;proto=https' }, { 'x-real-ip': '203.0.113.9' }]) {
+      for (const r of await read(s.url, h)) expect(r.status, JSON.stringify(h)).toBe(401);
+    }
+    // TRUST_PROXY says every request comes through a proxy: refused even without the headers.
+    for (const r of await read(proxied.url)) expect(r.status).toBe(401);
+  });
+
   it.skipIf(!lan)('ignores X-Forwarded-For without TRUST_PROXY: the socket address counts', async () => {
     const base = `http://${lan}:${new URL(s.url).port}`;
     for (let i = 0; i < 3; i++) expect((await send(base, `198.51.100.${i + 1}`)).status).toBe(201);

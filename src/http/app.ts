@@ -455,8 +455,16 @@ export function createApp(deps: AppDeps) {
 
   // ------------------------------------------------------------ read API (admin)
 
+  /**
+   * With ADMIN_TOKEN: its Bearer token. Without: the machine itself only, and never
+   * through a reverse proxy: a proxy on the same host connects from 127.0.0.1, so a
+   * forwarded request (X-Forwarded-For, Forwarded, X-Real-IP) or any request when
+   * TRUST_PROXY says there is a proxy in front would be someone on the internet.
+   */
   function adminAllowed(c: Context): boolean {
     if (deps.adminToken) return safeEqual(bearer(c) ?? '', deps.adminToken);
+    if (trustProxy > 0) return false;
+    if (c.req.header('x-forwarded-for') !== undefined || c.req.header('forwarded') !== undefined || c.req.header('x-real-ip') !== undefined) return false;
     return isLoopback(socketAddress(c));
   }
 
