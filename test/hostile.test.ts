@@ -433,7 +433,8 @@ describe('limits, token, CORS, rate limit', () => {
     // Loopback, nothing forwarded: allowed (a lead list, or no such lead).
     for (const r of await read(s.url)) expect([200, 404]).toContain(r.status);
     // A same-host reverse proxy connects from 127.0.0.1 but says whom it forwards.
-    for (const h of [{ 'x-forwarded-for': '203.0.113.9' }, { forwarded: 'for=203.0.113.9;proto=https' }, { 'x-real-ip': '203.0.113.9' }]) {
+    const forwarded: Record<string, string>[] = [{ 'x-forwarded-for': '203.0.113.9' }, { forwarded: 'for=203.0.113.9;proto=https' }, { 'x-real-ip': '203.0.113.9' }];
+    for (const h of forwarded) {
       for (const r of await read(s.url, h)) expect(r.status, JSON.stringify(h)).toBe(401);
     }
     // TRUST_PROXY says every request comes through a proxy: refused even without the headers.
