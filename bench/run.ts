@@ -78,6 +78,8 @@ function logFile(name: string): string {
 
 function spawn(script: string, name: string): ChildHandle {
   const flags = profile ? ['--cpu-prof', `--cpu-prof-dir=${OUT}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : [];
+  // BENCH_NODE_FLAGS="--trace-gc ...": extra node flags for the servers (experiments; the table says so).
+  if (process.env.BENCH_NODE_FLAGS) flags.push(...process.env.BENCH_NODE_FLAGS.split(/\s+/).filter(Boolean));
   return spawnChild(path.join(HERE, 'children', script), { logFile: logFile(name), nodeFlags: flags });
 }
 
@@ -187,10 +189,15 @@ interface Row {
 }
 const rows: Row[] = [];
 const results: Record<string, unknown> = {};
-const peakRss: { scenario: string; mb: number }[] = [];
+const peakRss: { scenario: string; mb: number; peak?: Usage['peak'] }[] = [];
 
 function noteRss(scenario: string, u: Usage | null): void {
-  if (u) peakRss.push({ scenario, mb: u.maxRssMb });
+  if (u) peakRss.push({ scenario, mb: u.maxRssMb, peak: u.peak });
+}
+
+/** Where a peak RSS went: peaks of the V8 heap and of memory outside it (Buffers, WASM). */
+function rssParts(p: Usage['peak']): string {
+  return p ? `heap used ≤ ${n0(p.heapUsedMb)} MB of ≤ ${n0(p.heapTotalMb)} MB, external ≤ ${n0(p.externalMb)} MB (ArrayBuffers ≤ ${n0(p.arrayBuffersMb)} MB)` : '';
 }
 
 const n0 = (x: number) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '—');
@@ -304,7 +311,7 @@ async function benchIntake(): Promise<{ bare: IntakeFigures; hot: IntakeFigures 
   }
 }
 
-async function benchIntakePglite(): Promise<{ r: IntakeFigures; rssMb: number }> {
+async function benchIntakePglite(): Promise<{ r: IntakeFigures; rssMb: number; peak: Usage['peak'] }> {
   progress('hotlead intake on PGlite (on disk)');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'hotlead-bench-pglite-'));
   const { child, ready } = await startHotlead('intake-pglite', {
@@ -318,10 +325,11 @@ async function benchIntakePglite(): Promise<{ r: IntakeFigures; rssMb: number }>
   } finally {
     const u = await child.stop();
     results.pgliteRssMb = u?.maxRssMb;
+    results.pgliteMemory = u?.peak;
     rmSync(dir, { recursive: true, force: true });
   }
   results.intakePglite = r;
-  return { r, rssMb: (results.pgliteRssMb as number | undefined) ?? Number.NaN };
+  return { r, rssMb: (results.pgliteRssMb as number | undefined) ?? Number.NaN, peak: results.pgliteMemory as Usage['peak'] };
 }
 
 interface L2cResult {
@@ -636,10 +644,10 @@ async function main(): Promise<void> {
     rows.push({ figure: 'hotlead intake ÷ bare reference (same load, interleaved rounds)', measured: ratio.toFixed(2), target: `≥ ${TARGETS.ratio}`, pass: ratio >= TARGETS.ratio });
   }
   if (want('pglite')) {
-    const { r, rssMb } = await benchIntakePglite();
+    const { r, rssMb, peak } = await benchIntakePglite();
     rows.push({
       figure: `hotlead intake, PGlite (on disk), ${CONCURRENCY} connections`,
-      measured: `${n0(r.perSec)} leads/s · ${lat(r.latencyMs)} · CPU/req ${n0(r.serverCpuUs)} µs · peak RSS ${n0(rssMb)} MB`,
+      measured: `${n0(r.perSec)} leads/s · ${lat(r.latencyMs)} · CPU/req ${n0(r.serverCpuUs)} µs · peak RSS ${n0(rssMb)} MB (${rssParts(peak)})`,
       target: `≥ ${TARGETS.pglitePerSec} leads/s`,
       pass: r.perSec >= TARGETS.pglitePerSec && r.failed === 0,
     });
@@ -693,7 +701,7 @@ async function main(): Promise<void> {
     results.peakRss = peakRss;
     rows.push({
       figure: 'peak RSS of the hotlead service process (PostgreSQL runs; max over the scenarios above)',
-      measured: `${n0(top.mb)} MB (${top.scenario})`,
+      measured: `${n0(top.mb)} MB (${top.scenario}) · ${rssParts(top.peak)}`,
       target: `≤ ${TARGETS.rssMb} MB`,
       pass: top.mb <= TARGETS.rssMb,
     });
@@ -711,12 +719,17 @@ async function main(): Promise<void> {
     `hotlead bench · ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC · ${minutes.toFixed(1)} min`,
     `machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGb} GB RAM, ${machine.os}; load average at start ${machine.loadAvg.join(' ')}`,
     `software: Node ${machine.node} · PostgreSQL ${pg.version} (fsync ${pg.fsync}, synchronous_commit ${pg.synchronousCommit}, shared_buffers ${pg.sharedBuffers}) · PGlite ${machine.pglite}`,
-    `setup: each server in its own child process; load generator + fake VoxImplant + fake Bitrix24 in the bench process; LOG_LEVEL=${LOG_LEVEL}; DB pool ${POOL}`,
+    `setup: each server in its own child process${process.env.BENCH_NODE_FLAGS ? ` (node flags: ${process.env.BENCH_NODE_FLAGS})` : ''}; load generator + fake VoxImplant + fake Bitrix24 in the bench process; LOG_LEVEL=${LOG_LEVEL}; DB pool ${POOL}; hotlead V8 heap growing factor ${heapGrowing()}`,
   ];
   console.log(head.join('\n'));
   console.log(renderTable(rows));
   const missed = rows.filter((r) => r.pass === false).length;
   console.log(missed === 0 ? 'all targets met' : `${missed} target(s) missed`);
+}
+
+function heapGrowing(): string {
+  const p = Number(process.env.BENCH_HEAP_GROWING_PERCENT ?? 50);
+  return p > 0 ? `${1 + p / 100} (--heap-growing-percent=${p})` : 'V8 default (up to 4)';
 }
 
 function renderTable(list: Row[]): string {

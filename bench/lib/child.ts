@@ -13,6 +13,8 @@ import { fileURLToPath } from 'node:url';
 
 export interface Usage {
   rssMb: number;
+  /** Peaks of process.memoryUsage() parts, sampled every 100 ms since the child started (MB). */
+  peak?: { heapUsedMb: number; heapTotalMb: number; externalMb: number; arrayBuffersMb: number; rssMb: number };
   /** Peak resident set size of the child since it started (getrusage ru_maxrss). */
   maxRssMb: number;
   /** CPU time (user + system) used by the child since it started, ms. */
@@ -98,10 +100,23 @@ export function spawnChild(script: string | URL, opts: SpawnOptions): ChildHandl
 
 // ------------------------------------------------------------------ child side
 
+const peak = { heapUsedMb: 0, heapTotalMb: 0, externalMb: 0, arrayBuffersMb: 0, rssMb: 0 };
+function samplePeak(): void {
+  const m = process.memoryUsage();
+  const mb = (x: number) => x / 1048576;
+  peak.heapUsedMb = Math.max(peak.heapUsedMb, mb(m.heapUsed));
+  peak.heapTotalMb = Math.max(peak.heapTotalMb, mb(m.heapTotal));
+  peak.externalMb = Math.max(peak.externalMb, mb(m.external));
+  peak.arrayBuffersMb = Math.max(peak.arrayBuffersMb, mb(m.arrayBuffers));
+  peak.rssMb = Math.max(peak.rssMb, mb(m.rss));
+}
+
 export function usageNow(): Usage {
   const cpu = process.cpuUsage();
+  samplePeak();
   return {
     rssMb: process.memoryUsage.rss() / 1048576,
+    peak: { ...peak },
     // ru_maxrss is in kilobytes on Linux.
     maxRssMb: process.resourceUsage().maxRSS / 1024,
     cpuMs: (cpu.user + cpu.system) / 1000,
@@ -114,12 +129,29 @@ export type Handlers = Record<string, (payload: unknown) => unknown | Promise<un
 export function serveIpc(handlers: Handlers): void {
   if (!process.send) throw new Error('this file runs as a bench child (forked with an IPC channel)');
   const send = (m: unknown) => process.send!(m);
+  // Where the memory goes (heap, Buffers, WASM), not only how much: see Usage.peak.
+  setInterval(samplePeak, 100).unref();
+  const allocProfile = process.env.BENCH_ALLOC_PROFILE ? startAllocProfile(process.env.BENCH_ALLOC_PROFILE) : null;
+  // BENCH_HEAP_SNAPSHOT_MB=N: one heap snapshot (into BENCH_HEAP_SNAPSHOT_DIR) the first time RSS passes N MB.
+  const snapAt = Number(process.env.BENCH_HEAP_SNAPSHOT_MB ?? 0);
+  if (snapAt > 0) {
+    const t = setInterval(() => {
+      if (process.memoryUsage.rss() / 1048576 < snapAt) return;
+      clearInterval(t);
+      void import('node:v8').then((v8) => {
+        const file = v8.writeHeapSnapshot(`${process.env.BENCH_HEAP_SNAPSHOT_DIR ?? '.'}/heap-${process.pid}-${Date.now()}.heapsnapshot`);
+        process.stderr.write(`heap snapshot at ${Math.round(process.memoryUsage.rss() / 1048576)} MB RSS: ${file}\n`);
+      });
+    }, 200);
+    t.unref();
+  }
   process.on('message', (m: { id: number; type: string; payload?: unknown }) => {
     void (async () => {
       try {
         if (m.type === 'usage') return send({ id: m.id, ok: true, value: usageNow() });
         if (m.type === 'stop') {
           await handlers.stop();
+          await allocProfile?.stop();
           send({ id: m.id, ok: true, value: usageNow() });
           process.disconnect();
           setTimeout(() => process.exit(0), 50).unref();
@@ -136,4 +168,29 @@ export function serveIpc(handlers: Handlers): void {
   });
   // The parent died: do not linger.
   process.on('disconnect', () => setTimeout(() => process.exit(0), 2_000).unref());
+}
+
+/**
+ * BENCH_ALLOC_PROFILE=dir: V8's sampling heap profiler over the child's whole life,
+ * counting objects that were collected too (what was allocated, not only what is
+ * still alive), written as <dir>/alloc-<pid>.heapprofile at stop. Summarise it with
+ * bench/tools/heap-top.ts.
+ */
+function startAllocProfile(dir: string): { stop(): Promise<void> } {
+  const started = import('node:inspector').then(async ({ Session }) => {
+    const s = new Session();
+    s.connect();
+    const post = (method: string, params?: object) =>
+      new Promise<unknown>((resolve, reject) => s.post(method, params ?? {}, (err, res) => (err ? reject(err) : resolve(res))));
+    await post('HeapProfiler.startSampling', { samplingInterval: 64 * 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+    return post;
+  });
+  return {
+    async stop() {
+      const post = await started;
+      const { profile } = (await post('HeapProfiler.stopSampling')) as { profile: unknown };
+      const { writeFileSync } = await import('node:fs');
+      writeFileSync(`${dir}/alloc-${process.pid}.heapprofile`, JSON.stringify(profile));
+    },
+  };
 }
