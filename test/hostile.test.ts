@@ -441,6 +441,16 @@ describe('limits, token, CORS, rate limit', () => {
     for (const r of await read(proxied.url)) expect(r.status).toBe(401);
   });
 
+  it('answers odd paging parameters of the read API with 422 or a page, never 5xx', async () => {
+    const bad = ['limit=1.5', 'limit=-1', 'limit=abc', 'limit=1e3', 'limit=9999999999999', 'cursor=9999999999', 'cursor=2147483648', 'cursor=0', 'cursor=-5', 'cursor=1.5', 'cursor=abc'];
+    for (const q of bad) {
+      const r = await fetch(`${s.url}/v1/leads?${q}`);
+      expect(r.status, q).toBe(422);
+      expect(r.headers.get('content-type'), q).toContain('application/problem+json');
+    }
+    for (const q of ['limit=0', 'limit=1', 'limit=200', 'limit=500', 'cursor=2147483647', 'cursor=1']) expect((await fetch(`${s.url}/v1/leads?${q}`)).status, q).toBe(200);
+  });
+
   it.skipIf(!lan)('ignores X-Forwarded-For without TRUST_PROXY: the socket address counts', async () => {
     const base = `http://${lan}:${new URL(s.url).port}`;
     for (let i = 0; i < 3; i++) expect((await send(base, `198.51.100.${i + 1}`)).status).toBe(201);

@@ -482,9 +482,13 @@ export function createApp(deps: AppDeps) {
     const states = (c.req.query('state') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
     const bad = states.filter((s) => !(CONTACT_STATES as readonly string[]).includes(s));
     if (bad.length) return problem(c, 422, 'Unknown state', { detail: `unknown state(s): ${bad.join(', ').slice(0, 200)}; expected one of ${CONTACT_STATES.join(', ')}` });
-    const limit = Math.min(200, Math.max(1, Number(c.req.query('limit') ?? 50) || 50));
+    const limitQ = c.req.query('limit');
+    if (limitQ !== undefined && !/^\d{1,6}$/.test(limitQ)) return problem(c, 422, 'Bad limit', { detail: 'limit must be a whole number from 1 to 200' });
+    const limit = Math.min(200, Math.max(1, limitQ === undefined ? 50 : Number(limitQ)));
     const cursor = c.req.query('cursor');
-    const before = cursor !== undefined && /^\d{1,10}$/.test(cursor) ? Number(cursor) : undefined;
+    // A cursor is a lead id (int4): anything else is refused, never sent to the database.
+    if (cursor !== undefined && !(/^\d{1,10}$/.test(cursor) && Number(cursor) >= 1 && Number(cursor) <= 2_147_483_647)) return problem(c, 422, 'Bad cursor', { detail: 'cursor must be a next_cursor this API gave' });
+    const before = cursor === undefined ? undefined : Number(cursor);
     const page = await withDeadline(listLeads(db, { states, before, limit }), dbTimeoutMs);
     return c.json({ items: page.items.map((l) => leadToJson(l)), next_cursor: page.nextCursor === null ? null : String(page.nextCursor) });
   });
