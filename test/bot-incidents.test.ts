@@ -23,6 +23,7 @@ for (const backend of BACKENDS) {
           VOXIMPLANT_API_KEY: vox.apiKey,
           VOXIMPLANT_RULE_ID: '7001',
           VOXIMPLANT_API_URL: vox.url,
+          VOXIMPLANT_SMS_FROM: 'off',
         },
       });
     });
@@ -57,6 +58,14 @@ for (const backend of BACKENDS) {
       for (const id of ids) await c.waitLead(id, (l) => l.state === 'calling' && l.attempts === 1);
       // The calls were placed (the lead is `calling` as soon as the call is decided; the request follows).
       await c.tg.waitFor(() => vox.requestsFor('StartScenarios').length === 6);
+      // A started scenario does not prove the account can pay: a call that reached the network does.
+      const cd = JSON.parse(vox.requestsFor('StartScenarios').at(-1)!.params.script_custom_data!) as Record<string, string>;
+      const r = await fetch(`${c.url}/v1/calls/result`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ attempt: cd.attempt, token: cd.token, outcome: 'no_answer', duration: 0 }),
+      });
+      expect(r.status).toBe(200);
 
       await c.tg.waitFor(() => texts().length >= 2);
       const all = texts();
@@ -69,15 +78,18 @@ for (const backend of BACKENDS) {
       for (const id of ids) expect(c.tg.cards(CHAT).filter((m) => m.text.includes(`<b>#${id}</b>`))).toHaveLength(1);
     });
 
-    it('the same failure again opens one new incident, not a message per lead', async () => {
+    it('the same failure again opens one new incident, not a message per lead; the provider\'s text is shown as text', async () => {
       const before = texts().length;
-      vox.answerNext('StartScenarios', voxAnswers.money(), voxAnswers.money());
+      // Telegram refuses a parse_mode HTML message with a bare < or & in it (the alert would be lost).
+      const msg = 'Insufficient money: balance <0.00> & no credit';
+      vox.answerNext('StartScenarios', { kind: 'error', code: 127, msg }, { kind: 'error', code: 127, msg });
       const ids = [await c.post({ name: 'D', phone: uniquePhone(5) }), await c.post({ name: 'E', phone: uniquePhone(5) })];
       for (const id of ids) await c.waitLead(id, (l) => l.state === 'dial_pending' && l.nextRunAt !== null && l.nextRunAt.getTime() > Date.now() + 60_000);
       await c.tg.waitFor(() => texts().length >= before + 1);
       const [open] = await c.db.query<{ failures: number }>(sql`select failures from incidents where closed_at is null`);
       expect(open!.failures).toBe(2);
       expect(texts()).toHaveLength(before + 1);
+      expect(plain(texts().at(-1))).toContain(msg);
     });
   });
 }

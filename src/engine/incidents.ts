@@ -36,9 +36,12 @@ export function incidentText(provider: string, kind: string, message: string, la
     lang === 'ru'
       ? ({ auth: 'доступ отклонён', money: 'закончились деньги на счёте', unavailable: 'сервис недоступен', rate: 'превышен лимит запросов' } as Record<string, string>)[kind] ?? kind
       : ({ auth: 'credentials refused', money: 'account out of money', unavailable: 'service unavailable', rate: 'rate limited' } as Record<string, string>)[kind] ?? kind;
+  // The alert is sent as Telegram HTML: a bare < or & in a provider's text would get it refused.
+  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+  const [p, w, m] = [esc(provider), esc(what), esc(message)];
   return lang === 'ru'
-    ? `⚠️ ${provider}: ${what}.\n${message}\nЛиды ждут. Исправьте причину и нажмите «Повторить».`
-    : `⚠️ ${provider}: ${what}.\n${message}\nLeads are waiting. Fix the cause and press Retry.`;
+    ? `⚠️ ${p}: ${w}.\n${m}\nЛиды ждут. Исправьте причину и нажмите «Повторить».`
+    : `⚠️ ${p}: ${w}.\n${m}\nLeads are waiting. Fix the cause and press Retry.`;
 }
 
 export function createIncidents(deps: IncidentDeps) {
