@@ -43,6 +43,7 @@ describe('loadConfig', () => {
       VOXIMPLANT_ACCOUNT_ID: '1',
       VOXIMPLANT_API_KEY: 'k',
       VOXIMPLANT_RULE_ID: '7',
+      VOXIMPLANT_SMS_FROM: '74950000000',
     });
     expect(c.crm.provider).toBe('bitrix24');
     expect(c.telephony.provider).toBe('voximplant');

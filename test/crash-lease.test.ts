@@ -93,7 +93,8 @@ describe.skipIf(!TEST_DATABASE_URL)('effect leases are renewed while the work go
     const lead = await waitUntil(async () => {
       const l = await get();
       const done = l.state === 'confirmed' && l.crm_status === 'created' && l.events.some((e) => e.reason === 'sms_confirmation_sent');
-      return done && bitrix.leads.get(Number(l.crm_id))?.STATUS_ID === 'CONVERTED' ? l : null;
+      const written = bitrix.comments.filter((c) => c.ENTITY_ID === Number(l.crm_id)).length >= 2;
+      return done && written && bitrix.leads.get(Number(l.crm_id))?.STATUS_ID === 'CONVERTED' ? l : null;
     }, 40_000).catch(async (err: unknown) => {
       const l = await get();
       throw new Error(`${String(err)}: ${l.state}/${l.crm_status} ${l.events.map((e) => e.reason).join(', ')} ${JSON.stringify(bitrix.requests.map((q) => [q.method, q.status, q.error]))}`);
@@ -101,7 +102,7 @@ describe.skipIf(!TEST_DATABASE_URL)('effect leases are renewed while the work go
 
     expect(bitrix.countByOriginId(id)).toBe(1);
     expect(bitrix.requests.filter((q) => q.method === 'crm.lead.add')).toHaveLength(1);
-    expect(bitrix.comments.filter((c) => c.ENTITY_ID === Number(lead.crm_id)).map((c) => c.COMMENT)).toEqual(['hotlead: call #1: answered']);
+    expect(bitrix.comments.filter((c) => c.ENTITY_ID === Number(lead.crm_id)).map((c) => c.COMMENT)).toEqual(['hotlead: call #1: answered', 'hotlead: confirmation SMS sent']);
     expect(vox.requestsFor('StartScenarios')).toHaveLength(1);
     expect(vox.requestsFor('SendSmsMessage').map((q) => smsKindOf(q.params.sms_body ?? ''))).toEqual(['confirmation']);
     const reasons = lead.events.map((e) => e.reason);
