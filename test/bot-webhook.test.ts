@@ -1,5 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Hono } from 'hono';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createBot } from '../src/bot/bot.js';
+import { systemClock } from '../src/clock.js';
+import { openDb } from '../src/db/client.js';
+import { createLogger } from '../src/logger.js';
 import { BACKENDS } from './helpers/pg.js';
+import { LogCapture } from './helpers/service.js';
+import { startFakeTelegram } from './fakes/telegram.js';
 import { CHAT, OPERATOR, startConsole, type Console } from './bot-support.js';
 
 /**
@@ -104,3 +111,64 @@ for (const backend of BACKENDS) {
     });
   });
 }
+
+describe('webhook mode: a slow update', () => {
+  it('is answered 200 at the timeout and runs once, even when Telegram delivers it again', async () => {
+    const tg = await startFakeTelegram();
+    const db = await openDb({ dataDir: 'memory://' });
+    await db.migrate();
+    const operator = vi.fn(async () => ({ applied: true, state: 'manual' }));
+    const handle = createBot({
+      token: tg.token,
+      apiRoot: tg.url,
+      db,
+      clock: systemClock,
+      log: createLogger({ level: 'debug', destination: new LogCapture() as never }),
+      engine: { operator, wake: () => {}, isPaused: () => false } as never,
+      incidents: {} as never,
+      vendorChatIds: [CHAT],
+      operatorIds: [String(OPERATOR)],
+      language: 'en',
+      timezone: 'Europe/Moscow',
+      defaultCountry: 'RU',
+      webhookTimeoutMs: 300,
+    });
+    const app = new Hono();
+    const handler = handle.webhookHandler(SECRET);
+    app.post('/telegram/webhook', (c) => handler(c));
+    const press = {
+      update_id: 777,
+      callback_query: {
+        id: 'slow-cb',
+        from: { id: OPERATOR, is_bot: false, first_name: 'Olga' },
+        chat_instance: 'ci',
+        data: 'l:5:manual',
+        message: { message_id: 1, date: Math.floor(Date.now() / 1000), chat: { id: Number(CHAT), type: 'supergroup' }, text: 'card' },
+      },
+    };
+    const deliver = () =>
+      app.request('/telegram/webhook', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-telegram-bot-api-secret-token': SECRET },
+        body: JSON.stringify(press),
+      });
+    try {
+      // Telegram asks the bot to wait 2 s before answering the press: longer than the webhook may take.
+      tg.failNext('answerCallbackQuery', 1, 2);
+      const t0 = Date.now();
+      expect((await deliver()).status).toBe(200);
+      expect(Date.now() - t0).toBeLessThan(1500);
+      // No answer in time would make Telegram send it again; this one is not run again.
+      expect((await deliver()).status).toBe(200);
+      await tg.waitFor(() => tg.callsOf('answerCallbackQuery').filter((x) => !x.status429).length === 1);
+      expect(tg.callsOf('answerCallbackQuery').filter((x) => !x.status429)[0]!.params).toMatchObject({ callback_query_id: 'slow-cb', text: 'Done' });
+      expect(operator).toHaveBeenCalledTimes(1);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(tg.callsOf('answerCallbackQuery')).toHaveLength(2); // the 429 and the answer
+    } finally {
+      await handle.stop();
+      await db.close();
+      await tg.close();
+    }
+  });
+});

@@ -56,6 +56,12 @@ export interface BotDeps {
   membershipTtlMs?: number;
   /** A dialog nobody answers ends after this. Default 30 minutes. */
   dialogTimeoutMs?: number;
+  /**
+   * Webhook mode: Telegram gets its 200 after this long even if the update is still
+   * being handled (it goes on), so a slow update (a long 429 wait) is not delivered
+   * again. Default 10 s.
+   */
+  webhookTimeoutMs?: number;
 }
 
 type BotContext = ConversationFlavor<Context>;
@@ -151,6 +157,20 @@ export function createBot(deps: BotDeps) {
   };
   bot.api.config.use(countSent);
   bot.api.config.use(autoRetry({ maxRetryAttempts: 3, maxDelaySeconds: 60 }));
+
+  // Telegram delivers an update again when it got no 200 in time (webhook) or no
+  // confirmation (polling after a crash): one this instance already took is not run twice.
+  const seenUpdates = new Set<number>();
+  bot.use(async (ctx, next) => {
+    const id = ctx.update.update_id;
+    if (seenUpdates.has(id)) {
+      log.info({ update: id }, 'update delivered again: already handled');
+      return;
+    }
+    seenUpdates.add(id);
+    if (seenUpdates.size > 5000) seenUpdates.delete(seenUpdates.values().next().value!);
+    await next();
+  });
 
   // ------------------------------------------------------------ who may do what
 
@@ -641,7 +661,9 @@ export function createBot(deps: BotDeps) {
       log.info({ username: bot.botInfo.username }, 'telegram bot webhook set');
     },
     webhookHandler(secret: string) {
-      return webhookCallback(bot, 'hono', { secretToken: secret });
+      // 'return': answer 200 at the timeout and let the update finish (grammY's default
+      // 'throw' answers 500, and Telegram sends the update again while it still runs).
+      return webhookCallback(bot, 'hono', { secretToken: secret, onTimeout: 'return', timeoutMilliseconds: deps.webhookTimeoutMs ?? 10_000 });
     },
     async stop(): Promise<void> {
       if (pruner) clearInterval(pruner);
