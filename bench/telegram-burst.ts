@@ -46,6 +46,12 @@ export interface TelegramBurstResult {
   lost: number;
   status429: number;
   seconds: number;
+  /** Every card delivered and final, and not one 429. */
+  pass: boolean;
+  /** The target, as bench/run.ts prints it. */
+  target: string;
+  /** The measured figures in one line (bench/run.ts prints it as measured). */
+  summary: string;
 }
 
 const CHAT_BASE = -1001000000000;
@@ -182,7 +188,18 @@ export async function runTelegramBurstBench(opts: TelegramBurstOptions = {}): Pr
     }
     const seconds = (Date.now() - t0) / 1000;
     say(`messages: ${tg.callsOf('sendMessage').length} sends, ${tg.callsOf('editMessageText').length} edits (${(tg.callsOf('editMessageText').length / total).toFixed(2)} edits a lead)`);
-    return { leads: total, delivered: last.n, lost: total - last.n, status429: tg.status429, seconds: Math.round(seconds * 10) / 10 };
+    const lost = total - last.n;
+    const secs = Math.round(seconds * 10) / 10;
+    return {
+      leads: total,
+      delivered: last.n,
+      lost,
+      status429: tg.status429,
+      seconds: secs,
+      pass: lost === 0 && tg.status429 === 0,
+      target: `${total} cards, 0 lost, 0×429`,
+      summary: `${last.n}/${total} cards final, ${lost} lost, ${tg.status429}×429, ${secs} s (time ×${scale})`,
+    };
   } finally {
     await service.stop();
     await db.close();
@@ -195,7 +212,7 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   runTelegramBurstBench({ log: (l) => console.log(l) })
     .then((r) => {
       console.log(JSON.stringify(r));
-      process.exit(r.lost === 0 ? 0 : 1);
+      process.exit(r.pass ? 0 : 1);
     })
     .catch((err) => {
       console.error(err);
