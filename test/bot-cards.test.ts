@@ -105,6 +105,14 @@ for (const backend of BACKENDS) {
       expect(cmds.find((x) => x.command === 'pause')!.description).toBe('Пауза всех автоматических звонков и SMS');
       expect(cmds.map((x) => x.command)).toEqual(['leads', 'lead', 'manual', 'stats', 'note', 'phone', 'schedule', 'pause', 'resume', 'cancel', 'help', 'start']);
     });
+
+    it('a dialog hint says why a number cannot be used in Russian', async () => {
+      const id = await c.insertLead({ state: 'manual', name: 'Опечатка' });
+      const q = await c.tg.replyTo(CHAT, c.tg.say({ chatId: CHAT, userId: OPERATOR, text: `/phone ${id}` }));
+      expect(plain(q)).toContain(`Новый телефон для #${id}`);
+      const m = c.tg.say({ chatId: CHAT, userId: OPERATOR, text: '123', replyTo: q.message_id });
+      expect(plain(await c.tg.replyTo(CHAT, m))).toMatch(/^Этот номер не подходит \(слишком короткий\)/);
+    });
   });
 }
 
