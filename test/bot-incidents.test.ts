@@ -71,6 +71,10 @@ for (const backend of BACKENDS) {
       const all = texts();
       expect(all).toHaveLength(2);
       expect(plain(all[1])).toContain('working again');
+      // Retry on the old alert now: nothing is re-queued, and the button goes away.
+      const late = await c.tg.pressAndAnswer({ chatId: CHAT, messageId: alert!.message_id, data: `inc:${inc!.id}`, userId: OPERATOR });
+      expect(late.text).toBe('This incident is over: nothing is waiting for it.');
+      await c.tg.waitFor(() => c.tg.messages.get(`${CHAT}:${alert!.message_id}`)?.reply_markup === undefined);
       const [closed] = await c.db.query<{ n: number }>(sql`select count(*)::int as n from incidents where closed_at is not null`);
       expect(closed!.n).toBe(1);
       // Each lead still has exactly one card.

@@ -1,6 +1,7 @@
 import { Api, Bot, GrammyError, InlineKeyboard, webhookCallback, type Context, type Transformer } from 'grammy';
 import { autoRetry } from '@grammyjs/auto-retry';
 import { conversations, createConversation, type Conversation, type ConversationData, type ConversationFlavor } from '@grammyjs/conversations';
+import { sql } from 'drizzle-orm';
 import { DateTime } from 'luxon';
 import { z } from 'zod';
 import type { Logger } from '../logger.js';
@@ -455,6 +456,14 @@ export function createBot(deps: BotDeps) {
         return;
       }
       case 'incident': {
+        // An alert of an incident that cleared: nothing is blocked any more, so nothing is
+        // re-queued; its Retry button goes away.
+        const [inc] = await db.query<{ closed: boolean }>(sql`select closed_at is not null as closed from incidents where id = ${p.id}`);
+        if (inc?.closed) {
+          await ctx.answerCallbackQuery({ text: t.incidentOver });
+          await ctx.editMessageReplyMarkup().catch((err) => ulog.debug({ err }, 'Retry of a cleared incident not removed'));
+          return;
+        }
         const r = await deps.incidents.retry(p.id);
         ulog.info({ incident: p.id, ...r }, 'incident retry');
         deps.engine.wake();

@@ -10,6 +10,8 @@ export interface Texts {
   refused(state: string): string;
   requeued(n: number): string;
   noIncident: string;
+  /** Retry pressed on the alert of an incident that has cleared. */
+  incidentOver: string;
   stale: string;
   failed: string;
   start(chat: number | string, title: string | undefined): string;
@@ -64,6 +66,7 @@ const EN: Texts = {
   refused: (state) => `Not possible while the lead is ${state}.`,
   requeued: (n) => `Re-queued ${n} item(s).`,
   noIncident: 'No such incident.',
+  incidentOver: 'This incident is over: nothing is waiting for it.',
   stale: 'This button is out of date.',
   failed: 'That did not work (the error is logged). Try again in a moment.',
   start: (chat, title) =>
@@ -145,6 +148,7 @@ const RU: Texts = {
   refused: (state) => `Невозможно, пока лид в состоянии ${state}.`,
   requeued: (n) => `Снова в очереди: ${n}.`,
   noIncident: 'Нет такого инцидента.',
+  incidentOver: 'Этот инцидент уже закончился: ничего не ждёт.',
   stale: 'Эта кнопка устарела.',
   failed: 'Не получилось (ошибка записана в лог). Попробуйте ещё раз чуть позже.',
   start: (chat, title) =>

@@ -313,6 +313,17 @@ export async function startFakeTelegram(opts: { token?: string; botId?: number; 
         countMessage(chat, Date.now());
         return ok(res, { message_id: msg.message_id, date: Math.floor(Date.now() / 1000), chat: { id: Number(chat), type: 'supergroup' }, text: msg.text });
       }
+      case 'editMessageReplyMarkup': {
+        const msg = messages.get(`${params.chat_id}:${params.message_id}`);
+        if (!msg) return err(res, 400, 'Bad Request: message to edit not found');
+        const markup = params.reply_markup && (params.reply_markup.inline_keyboard?.length ?? 0) > 0 ? params.reply_markup : undefined;
+        if (JSON.stringify(msg.reply_markup ?? null) === JSON.stringify(markup ?? null))
+          return err(res, 400, 'Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message');
+        if (markup) msg.reply_markup = markup;
+        else delete msg.reply_markup;
+        msg.edits++;
+        return ok(res, { message_id: msg.message_id, date: Math.floor(Date.now() / 1000), chat: { id: Number(params.chat_id), type: 'supergroup' }, text: msg.text });
+      }
       case 'getChatMember': {
         const status = members.get(`${params.chat_id}:${params.user_id}`) ?? 'left';
         return ok(res, { status, user: { id: Number(params.user_id), is_bot: false, first_name: 'U' }, ...(status === 'restricted' ? { is_member: true } : {}) });
