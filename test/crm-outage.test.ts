@@ -135,5 +135,36 @@ for (const backend of BACKENDS) {
       const open = await h.db.query<{ n: number }>(sql`select count(*)::int as n from incidents where closed_at is null`);
       expect(open[0]!.n).toBe(0);
     }, 120_000);
+
+    it('a backlog of creates and write-backs goes through batch requests of 50 (not one request each, not 50 leads a round)', async () => {
+      h = await startHarness(backend.name, { start: '2025-03-10T10:00:00+03:00', env: { INTAKE_RATE_LIMIT: 'off' } });
+      const bx = h.bitrix;
+      const phones = Array.from({ length: 120 }, (_, i) => `+7916224${String(1000 + i)}`);
+      const ids: number[] = [];
+      for (const phone of phones) ids.push(await h.lead({ name: 'Backlog', phone }));
+      const sent = (from: number, method: string) => bx.requests.slice(from).filter((r) => r.method === method).length;
+      await h.drain();
+      for (const id of ids) expect(bx.countByOriginId(id)).toBe(1);
+      // 120 never-tried creates: 3 batches of adds, no look-ups needed, nothing one by one.
+      expect(sent(0, 'crm.lead.add')).toBe(0);
+      expect(sent(0, 'crm.lead.list')).toBe(0);
+      expect(sent(0, 'batch')).toBe(3);
+
+      const before = bx.requests.length;
+      for (const phone of phones) for (const c of h.calls(phone)) await h.result(c, 'answered');
+      await h.drain();
+      for (const id of ids) {
+        const crmId = (await h.get(id)).crm_id;
+        expect(bx.comments.some((c) => String(c.ENTITY_ID) === String(crmId) && /answered/i.test(c.COMMENT))).toBe(true);
+        expect(bx.leads.get(Number(crmId))!['STATUS_ID']).toBe(STATUS_MAP.confirmed);
+      }
+      expect(sent(before, 'crm.timeline.comment.add')).toBe(0);
+      expect(sent(before, 'crm.lead.update')).toBe(0);
+      // 240 comments (call result, SMS sent) and 120 statuses, a lead's one after the other
+      // (the SMS comments follow the SMS lane's pace, 16 at a time): a few batches, never one each.
+      const batches = bx.requests.slice(before).filter((r) => r.method === 'batch');
+      expect(batches.length).toBeLessThanOrEqual(16);
+      expect(batches.reduce((n, r) => n + Object.keys(r.params['cmd'] as object).length, 0)).toBe(360);
+    }, 120_000);
   });
 }

@@ -1,4 +1,4 @@
-import { eq, sql } from 'drizzle-orm';
+import { eq, inArray, sql } from 'drizzle-orm';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
 import type { Db, Tx } from '../db/client.js';
@@ -7,6 +7,7 @@ import type { CrmNote, LeadEvent, SmsKind } from '../domain/lead-machine.js';
 import {
   ProviderError,
   type CrmClient,
+  type CrmCreateResult,
   type CrmFinalState,
   type CrmLeadInput,
   type TelephonyClient,
@@ -73,6 +74,19 @@ const LANE_FILTER: Record<Lane, ReturnType<typeof sql>> = {
 /** Quick retries for a call that could not be started before the attempt counts as failed. */
 const CALL_START_TRIES = 3;
 const SMS_TRIES = 10;
+/**
+ * CRM effects claimed a round: a backlog of creates goes out as lookups + adds in
+ * `batch` requests of CRM_BATCH commands, write-backs likewise (at 2 requests/s and 50
+ * commands a request, ~100 leads/s).
+ */
+const CRM_CLAIM = 500;
+const CRM_BATCH = 50;
+
+/** A write-back as a CRM client with a batch call takes it. */
+export type CrmWriteItem = { kind: 'comment'; crmId: string; text: string } | { kind: 'final'; crmId: string; state: CrmFinalState };
+/** Optional on a CRM client: several write-backs at once; null for each that landed (or needed nothing), else its error. */
+type BatchWriter = { writeBack?: (items: CrmWriteItem[]) => Promise<Array<null | Error>> };
+
 /** Tries for a CRM write-back that failed for a reason nobody classified (a bug, a garbled answer). */
 const CRM_WRITE_TRIES = 30;
 /** Failures a CRM write-back waits out however long they last (DESIGN: write-backs wait and are not lost). */
@@ -136,6 +150,8 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
   const concurrency = deps.concurrency ?? 16;
   const leaseMs = deps.leaseMs ?? 120_000;
   let running = false;
+  /** Results of the CRM lane's last chunk of creates still being written (overlaps the next claim). */
+  let crmTail: Promise<void> = Promise.resolve();
   const wakers = new Set<() => void>();
   const loops: Promise<void>[] = [];
 
@@ -219,6 +235,15 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     });
     if (crmNote) for (const w of [...wakers]) w();
     await deps.enqueueCards(e.lead_id);
+  }
+
+  /** The leads of a CRM batch in one query. */
+  async function loadLeads(ids: number[]): Promise<Map<number, LeadRow>> {
+    const out = new Map<number, LeadRow>();
+    if (ids.length === 0) return out;
+    const rows = await db.orm.select().from(leads).where(inArray(leads.id, [...new Set(ids)]));
+    for (const r of rows) out.set(r.id, r);
+    return out;
   }
 
   async function loadLead(id: number): Promise<LeadRow | undefined> {
@@ -407,29 +432,73 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     await retryLater(e, pe, Math.max(pe.retryAfterMs ?? 0, backoffMs(e.attempts, 5_000, 10 * 60_000)));
   }
 
+  /** One chunk of creates through createLeads; a failure of the whole call comes back as `err`. */
+  async function createChunk(part: Array<{ e: Claimed; lead: LeadRow }>): Promise<{ results: Array<CrmCreateResult | ProviderError> } | { err: unknown }> {
+    try {
+      // A create never tried before cannot have made a CRM lead yet: no look-up needed
+      // (a crash mid-try leaves the effect running, a failure leaves attempts > 1).
+      const inputs = part.map((x) => Object.assign(crmInput(x.lead), x.e.attempts === 1 && x.e.prev_status === 'pending' ? { neverSent: true } : {}));
+      return { results: await deps.crm.createLeads!(inputs) };
+    } catch (err) {
+      return { err };
+    }
+  }
+
+  async function recordChunk(
+    part: Array<{ e: Claimed; lead: LeadRow }>,
+    out: { results: Array<CrmCreateResult | ProviderError> } | { err: unknown },
+  ): Promise<void> {
+    if ('err' in out) {
+      for (const x of part) await crmCreateFailed(x.e, x.lead, out.err);
+      return;
+    }
+    let anyOk = false;
+    for (let i = 0; i < part.length; i++) {
+      const r = out.results[i];
+      const x = part[i]!;
+      if (r && !(r instanceof Error)) {
+        anyOk = true;
+        await crmCreated(x.e, r.crmId, r.existed);
+      } else await crmCreateFailed(x.e, x.lead, r ?? new Error('no result for this lead in the batch answer'));
+    }
+    if (anyOk) await crmProved();
+  }
+
+  /** The whole chunk failed for a reason that is not about its leads (the portal refuses or is down). */
+  function portalFailure(out: { results: Array<CrmCreateResult | ProviderError> } | { err: unknown }): unknown {
+    if ('err' in out) return out.err;
+    const first = out.results[0];
+    if (!(first instanceof ProviderError) || first.kind === 'bad_request') return null;
+    return out.results.every((r) => r === first) ? first : null;
+  }
+
   async function performCrmCreates(batch: Claimed[]): Promise<void> {
-    const loaded = await Promise.all(batch.map(async (e) => ({ e, lead: await loadLead(e.lead_id) })));
+    const byId = await loadLeads(batch.map((e) => e.lead_id));
+    const loaded = batch.map((e) => ({ e, lead: byId.get(e.lead_id) }));
     const live = loaded.filter((x): x is { e: Claimed; lead: LeadRow } => x.lead !== undefined);
     for (const x of loaded) if (!x.lead) await finish(x.e, { skipped: 'lead gone' }, 'dead');
     if (live.length === 0) return;
     if (live.length > 1 && deps.crm.createLeads) {
-      let results: Awaited<ReturnType<NonNullable<CrmClient['createLeads']>>>;
-      try {
-        results = await deps.crm.createLeads(live.map((x) => crmInput(x.lead)));
-      } catch (err) {
-        for (const x of live) await crmCreateFailed(x.e, x.lead, err);
-        return;
+      // A backlog goes in chunks of one batch request each; a chunk's results are recorded
+      // while the next chunk waits for the portal's bucket (the two overlap).
+      const parts: Array<typeof live> = [];
+      for (let i = 0; i < live.length; i += CRM_BATCH) parts.push(live.slice(i, i + CRM_BATCH));
+      // The previous round's last chunk may still be being recorded (see crmTail).
+      let recording: Promise<void> = crmTail;
+      for (const [n, part] of parts.entries()) {
+        const [out] = await Promise.all([createChunk(part), recording]);
+        recording = recordChunk(part, out);
+        const down = portalFailure(out);
+        if (down !== null) {
+          // Do not send the rest of the backlog to a portal that refuses or is down.
+          await recording;
+          for (const rest of parts.slice(n + 1)) await recordChunk(rest, { err: down });
+          return;
+        }
       }
-      let anyOk = false;
-      for (let i = 0; i < live.length; i++) {
-        const r = results[i];
-        const x = live[i]!;
-        if (r && !(r instanceof Error)) {
-          anyOk = true;
-          await crmCreated(x.e, r.crmId, r.existed);
-        } else await crmCreateFailed(x.e, x.lead, r ?? new Error('no result for this lead in the batch answer'));
-      }
-      if (anyOk) await crmProved();
+      // The last chunk is recorded while the lane claims its next round (the effects stay
+      // leased meanwhile); runOnce and stop wait for it.
+      crmTail = recording.catch((err: unknown) => log.error({ err }, 'recording CRM creates failed'));
       return;
     }
     for (const x of live) {
@@ -443,30 +512,73 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     }
   }
 
-  async function performCrmWrite(e: Claimed): Promise<void> {
-    const lead = await loadLead(e.lead_id);
+  function writeItem(e: Claimed, crmId: string): CrmWriteItem {
+    if (e.kind === 'crm.comment') {
+      const body = e.payload.body as CrmNote;
+      return { kind: 'comment', crmId, text: renderCrmNote(body, deps.language, body.actor) };
+    }
+    return { kind: 'final', crmId, state: e.payload.state as CrmFinalState };
+  }
+
+  async function crmWriteFailed(e: Claimed, leadId: number, err: unknown): Promise<void> {
+    const pe = asProviderError(err, deps.crm.provider);
+    log.warn({ err: pe, leadId, effect: e.kind, kind: pe.kind }, 'CRM write-back failed');
+    if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message, crmScope(pe));
+    if (crmWriteGivesUp(err, pe, e.attempts)) {
+      await finishWithNote(e, { error: describe(pe), kind: pe.kind }, 'dead', 'crm_write_failed', { effect: e.kind, error: pe.kind });
+    } else {
+      await retryLater(e, pe, Math.max(pe.retryAfterMs ?? 0, backoffMs(e.attempts, 5_000, 10 * 60_000)));
+    }
+  }
+
+  /** Write-backs of several leads: through the client's batch when it has one (Bitrix24: 50 a request). */
+  async function performCrmWrites(batch: Claimed[]): Promise<void> {
+    const ready: Array<{ e: Claimed; lead: LeadRow & { crmId: string } }> = [];
+    const byId = await loadLeads(batch.map((e) => e.lead_id));
+    for (const e of batch) {
+      const lead = byId.get(e.lead_id);
+      if (!lead || !lead.crmId) await retryLater(e, new Error('CRM lead not created yet'), 30_000);
+      else ready.push({ e, lead: lead as LeadRow & { crmId: string } });
+    }
+    const many = (deps.crm as BatchWriter).writeBack;
+    if (ready.length < 2 || typeof many !== 'function') {
+      for (const x of ready) await performCrmWrite(x.e, x.lead);
+      return;
+    }
+    for (let i = 0; i < ready.length; i += CRM_BATCH) {
+      const part = ready.slice(i, i + CRM_BATCH);
+      let results: Array<null | Error>;
+      try {
+        results = await many(part.map((x) => writeItem(x.e, x.lead.crmId)));
+      } catch (err) {
+        results = part.map(() => (err instanceof Error ? err : new Error(String(err))));
+      }
+      let anyOk = false;
+      for (const [j, x] of part.entries()) {
+        const r = results[j];
+        if (r === null) {
+          anyOk = true;
+          await finish(x.e, {});
+        } else await crmWriteFailed(x.e, x.lead.id, r ?? new Error('no result for this write-back in the batch answer'));
+      }
+      if (anyOk) await crmProved();
+    }
+  }
+
+  async function performCrmWrite(e: Claimed, known?: LeadRow): Promise<void> {
+    const lead = known ?? (await loadLead(e.lead_id));
     if (!lead || !lead.crmId) {
       await retryLater(e, new Error('CRM lead not created yet'), 30_000);
       return;
     }
     try {
-      if (e.kind === 'crm.comment') {
-        const body = e.payload.body as CrmNote;
-        await deps.crm.addComment(lead.crmId, renderCrmNote(body, deps.language, body.actor));
-      } else {
-        await deps.crm.setFinalState(lead.crmId, e.payload.state as CrmFinalState);
-      }
+      const w = writeItem(e, lead.crmId);
+      if (w.kind === 'comment') await deps.crm.addComment(w.crmId, w.text);
+      else await deps.crm.setFinalState(w.crmId, w.state);
       await finish(e, {});
       await crmProved();
     } catch (err) {
-      const pe = asProviderError(err, deps.crm.provider);
-      log.warn({ err: pe, leadId: lead.id, effect: e.kind, kind: pe.kind }, 'CRM write-back failed');
-      if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message, crmScope(pe));
-      if (crmWriteGivesUp(err, pe, e.attempts)) {
-        await finishWithNote(e, { error: describe(pe), kind: pe.kind }, 'dead', 'crm_write_failed', { effect: e.kind, error: pe.kind });
-      } else {
-        await retryLater(e, pe, Math.max(pe.retryAfterMs ?? 0, backoffMs(e.attempts, 5_000, 10 * 60_000)));
-      }
+      await crmWriteFailed(e, lead.id, err);
     }
   }
 
@@ -481,7 +593,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       const writes = batch.filter((e) => e.kind !== 'crm.create');
       await Promise.all([
         creates.length ? guard(performCrmCreates(creates), creates[0]!) : Promise.resolve(),
-        ...writes.map((e) => guard(performCrmWrite(e), e)),
+        writes.length ? guard(performCrmWrites(writes), writes[0]!) : Promise.resolve(),
       ]);
       return;
     }
@@ -520,7 +632,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
   }
 
   async function runLane(lane: Lane): Promise<number> {
-    const batch = await claim(lane, lane === 'crm' ? Math.max(concurrency, 50) : concurrency);
+    const batch = await claim(lane, lane === 'crm' ? Math.max(concurrency, CRM_CLAIM) : concurrency);
     if (batch.length === 0) return 0;
     const leases = keepLeases(batch);
     try {
@@ -576,12 +688,14 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       running = false;
       for (const w of [...wakers]) w();
       await Promise.all(loops.splice(0));
+      await crmTail;
     },
     wake(): void {
       for (const w of [...wakers]) w();
     },
     async runOnce(): Promise<number> {
       const [a, b] = await Promise.all([runLane('telephony'), runLane('crm')]);
+      await crmTail;
       return a + b;
     },
   };

@@ -69,7 +69,10 @@ export interface Bitrix24Options {
 }
 
 export interface Bitrix24Client extends CrmClient {
+  /** Leads in `batch` requests; an input marked `neverSent: true` (never tried before) is not looked up first. */
   createLeads(inputs: CrmLeadInput[]): Promise<Array<CrmCreateResult | ProviderError>>;
+  /** Write-backs in `batch` requests (50 commands each): null for each that landed or needed nothing, else its error. */
+  writeBack(items: WriteBackItem[]): Promise<Array<null | ProviderError>>;
   /** Requests sent and QUERY_LIMIT_EXCEEDED answers seen by this client. */
   readonly stats: { readonly requests: number; readonly queryLimitExceeded: number };
   /**
@@ -79,6 +82,8 @@ export interface Bitrix24Client extends CrmClient {
    */
   takeSucceeded(): string[];
 }
+
+export type WriteBackItem = { kind: 'comment'; crmId: string; text: string } | { kind: 'final'; crmId: string; state: CrmFinalState };
 
 /** Bitrix24 allows 50 commands in one `batch`. */
 export const BATCH_LIMIT = 50;
@@ -282,10 +287,15 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
         }
       }
 
+      // Leads the caller never sent before (`neverSent`) cannot exist yet: the first round skips their look-up.
+      const unsent = new Set(inputs.filter((x) => (x as { neverSent?: unknown }).neverSent === true).map((x) => x.leadId));
       let lastUnknown: ProviderError | null = null;
       for (let round = 1; pending.size > 0 && round <= retry.attempts; round++) {
         // 1. Which of them exist already (by ORIGINATOR_ID + ORIGIN_ID)?
-        const chunks = chunkArray([...pending], BATCH_LIMIT);
+        const chunks = chunkArray(
+          [...pending].filter((id) => round > 1 || !unsent.has(id)),
+          BATCH_LIMIT,
+        );
         const lookups: BatchCommand[] = chunks.map((ids, i) => ({
           key: `l${i}`,
           method: 'crm.lead.list',
@@ -295,7 +305,8 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
             order: { ID: 'ASC' },
           },
         }));
-        const answers = await runBatch(round === 1 ? [...partnerCmds, ...lookups] : lookups, true);
+        const first = round === 1 ? [...partnerCmds, ...lookups] : lookups;
+        const answers = first.length > 0 ? await runBatch(first, true) : new Map<string, CommandOutcome>();
 
         if (round === 1) {
           for (const [key, p] of partnerByKey) {
@@ -403,6 +414,41 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
       return results.map(
         (r) => r ?? bitrixError({ kind: 'unavailable', code: 'OUTCOME_UNKNOWN', message: 'Bitrix24: lead not processed' }),
       );
+    },
+
+    async writeBack(items: WriteBackItem[]): Promise<Array<null | ProviderError>> {
+      const out: Array<null | ProviderError> = items.map(() => null);
+      const cmds: BatchCommand[] = [];
+      let comments = false;
+      items.forEach((w, i) => {
+        let id: string;
+        try {
+          id = checkCrmId(w.crmId);
+        } catch (err) {
+          out[i] = err as ProviderError;
+          return;
+        }
+        if (w.kind === 'comment') {
+          if (w.text.trim() === '') return;
+          comments = true;
+          cmds.push({ key: `w${i}`, method: 'crm.timeline.comment.add', params: { fields: { ENTITY_ID: Number(id), ENTITY_TYPE: 'lead', COMMENT: w.text } } });
+        } else {
+          const status = statusMap[w.state];
+          if (status === undefined || status === '') return;
+          cmds.push({ key: `w${i}`, method: 'crm.lead.update', params: { id, fields: { STATUS_ID: status }, params: { REGISTER_SONET_EVENT: 'N' } } });
+        }
+      });
+      if (cmds.length === 0) return out;
+      // A comment sent twice is a duplicate on the timeline: a lost answer is not retried here.
+      const answers = await runBatch(cmds, !comments);
+      for (const c of cmds) {
+        const i = Number(c.key.slice(1));
+        const a = answers.get(c.key);
+        if (a === undefined) continue;
+        out[i] = a.ok ? null : (entityRefusal(a.error, items[i]!.crmId) as ProviderError);
+      }
+      log.info({ event: 'bitrix24.writeback_batch', items: cmds.length, failed: out.filter((x) => x !== null).length }, 'Bitrix24 batch of write-backs');
+      return out;
     },
 
     async addComment(crmId: string, text: string): Promise<void> {
