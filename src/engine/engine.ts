@@ -77,6 +77,8 @@ export type Engine = ReturnType<typeof createEngine>;
 const PAUSED_KEY = 'calls_paused';
 /** LISTEN/NOTIFY channel that tells every instance new leads are due. */
 const DUE_CHANNEL = 'hotlead_due';
+/** With LISTEN working (PostgreSQL), empty passes double the poll up to this: new work arrives by wake-up or NOTIFY. */
+const IDLE_POLL_MAX_MS = 4_000;
 const SECRET_KEY = 'callback_secret';
 
 export function snapshot(l: LeadRow): LeadSnapshot {
@@ -410,6 +412,10 @@ export function createEngine(deps: EngineDeps) {
 
   const runner = createEffectRunner({
     ...deps,
+    // The lanes idle as the transitions do (new effects come from transitions, which wake them).
+    get pollMs() {
+      return idlePollMs();
+    },
     apply: (leadId, event, data, also) => apply(leadId, event, SYSTEM, data, also),
     tokenFor: attemptToken,
     isPaused: () => paused,
@@ -599,22 +605,43 @@ export function createEngine(deps: EngineDeps) {
     }
   }
 
+  /** A wake-up that came while a pass was running: the loop runs once more instead of sleeping through it. */
+  let wokenInPass = false;
+  /** Consecutive empty passes (the idle poll grows with them while LISTEN works). */
+  let idlePasses = 0;
+  function idlePollMs(): number {
+    if (!unlisten) return deps.pollMs;
+    return Math.min(deps.pollMs * 2 ** Math.min(idlePasses, 8), Math.max(deps.pollMs, IDLE_POLL_MAX_MS));
+  }
+
   function wake(): void {
-    wakeTransitions?.();
+    idlePasses = 0;
+    if (wakeTransitions) wakeTransitions();
+    else wokenInPass = true;
   }
 
   /**
    * New work exists (a lead arrived): wake this instance now and, on PostgreSQL, the
-   * others through NOTIFY — debounced, so a burst of leads sends a handful of
-   * notifications, not one per lead.
+   * others through NOTIFY — at once for the first lead, then at most one more per 5 ms
+   * window, so a burst of leads sends a handful of notifications, not one per lead.
    */
   let notifyTimer: NodeJS.Timeout | null = null;
+  let notifyAgain = false;
+  const sendNotify = () => db.notify(DUE_CHANNEL).catch((err) => log.warn({ err }, 'NOTIFY failed; other instances will poll'));
   function announce(): void {
     wake();
-    if (db.kind !== 'postgres' || notifyTimer) return;
-    notifyTimer = setTimeout(() => {
+    if (db.kind !== 'postgres') return;
+    if (notifyTimer) {
+      notifyAgain = true;
+      return;
+    }
+    void sendNotify();
+    notifyTimer = setTimeout(function window() {
       notifyTimer = null;
-      db.notify(DUE_CHANNEL).catch((err) => log.warn({ err }, 'NOTIFY failed; other instances will poll'));
+      if (!notifyAgain) return;
+      notifyAgain = false;
+      void sendNotify();
+      notifyTimer = setTimeout(window, 5);
     }, 5);
   }
 
@@ -626,9 +653,15 @@ export function createEngine(deps: EngineDeps) {
       } catch (err) {
         log.error({ err }, 'engine: transition batch failed');
       }
-      if (n > 0) continue;
+      if (n > 0 || wokenInPass) {
+        wokenInPass = false;
+        idlePasses = n > 0 ? 0 : idlePasses;
+        continue;
+      }
+      const sleepMs = idlePollMs();
+      idlePasses++;
       await new Promise<void>((resolve) => {
-        const t = setTimeout(done, deps.pollMs);
+        const t = setTimeout(done, sleepMs);
         function done() {
           clearTimeout(t);
           wakeTransitions = null;
