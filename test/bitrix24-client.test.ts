@@ -217,14 +217,20 @@ describe('Bitrix24 client: failures map to ProviderError kinds', () => {
     expect(fake.requests).toHaveLength(5);
   });
 
-  it('OPERATION_TIME_LIMIT (429) is retried a little, then kind rate', async () => {
+  it('OPERATION_TIME_LIMIT (429) is not retried in the request: kind rate, retry after the portal\'s operating_reset_at', async () => {
     const fake = await fakePortal();
     const { client } = webhookClient(fake);
-    fake.inject({ method: 'crm.lead.list', answer: 'OPERATION_TIME_LIMIT' });
-    expect((await client.createLead(leadInput(1))).existed).toBe(false);
-    fake.inject({ method: 'crm.lead.list', answer: 'OPERATION_TIME_LIMIT', times: 50 });
+    fake.inject({ method: 'crm.lead.list', answer: 'OPERATION_TIME_LIMIT', resetInSec: 300 });
+    const before = fake.requests.length;
     const err = await expectProviderError(client.createLead(leadInput(2)));
-    expect(err).toMatchObject({ kind: 'rate', code: 'OPERATION_TIME_LIMIT', retryAfterMs: 60_000 });
+    expect(fake.requests.length - before).toBe(1);
+    expect(err).toMatchObject({ kind: 'rate', code: 'OPERATION_TIME_LIMIT', scope: 'crm.lead.list' });
+    expect(err.retryAfterMs).toBeGreaterThan(290_000);
+    expect(err.retryAfterMs).toBeLessThanOrEqual(301_000);
+    // Without operating_reset_at: about ten minutes.
+    fake.inject({ method: 'crm.lead.list', answer: 'OPERATION_TIME_LIMIT', resetInSec: null });
+    expect(await expectProviderError(client.createLead(leadInput(3)))).toMatchObject({ kind: 'rate', retryAfterMs: 600_000 });
+    expect((await client.createLead(leadInput(4))).existed).toBe(false);
   });
 
   it('5xx and HTML error pages are retried, then kind unavailable', async () => {

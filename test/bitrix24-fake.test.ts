@@ -33,10 +33,24 @@ describe('fake Bitrix24 portal (wire format)', () => {
     return { status: res.status, json: (await res.json()) as Record<string, unknown> };
   }
 
-  it('accepts a PHP-style form body with an FM multifield', async () => {
+  it('ignores the PHP API\'s FM multifield shape on REST (a phone goes in fields[PHONE])', async () => {
+    fake = await startFakeBitrix();
+    const r = await post(
+      `${fake.webhookUrl}crm.lead.add.json`,
+      'fields[TITLE]=FM+shape&fields[FM][PHONE][n0][VALUE]=%2B79161234567&fields[FM][PHONE][n0][VALUE_TYPE]=WORK',
+      'application/x-www-form-urlencoded',
+    );
+    expect(r.status).toBe(200);
+    const lead = fake.leads.get(Number(r.json['result']));
+    expect(lead).toMatchObject({ TITLE: 'FM shape', HAS_PHONE: 'N' });
+    expect(lead).not.toHaveProperty('PHONE');
+    expect(lead).not.toHaveProperty('FM');
+  });
+
+  it('accepts a PHP-style form body with a PHONE multifield', async () => {
     fake = await startFakeBitrix();
     const body =
-      'fields[TITLE]=From+form&fields[NAME]=Ivan&fields[FM][PHONE][n0][VALUE]=%2B79161234567&fields[FM][PHONE][n0][VALUE_TYPE]=WORK' +
+      'fields[TITLE]=From+form&fields[NAME]=Ivan&fields[PHONE][n0][VALUE]=%2B79161234567&fields[PHONE][n0][VALUE_TYPE]=WORK' +
       '&fields[ORIGINATOR_ID]=hotlead&fields[ORIGIN_ID]=5&params[REGISTER_SONET_EVENT]=Y';
     const r = await post(`${fake.webhookUrl}crm.lead.add.json`, body, 'application/x-www-form-urlencoded');
     expect(r.status).toBe(200);
@@ -94,6 +108,8 @@ describe('fake Bitrix24 portal (wire format)', () => {
     const limited = await post(`${fake.webhookUrl}crm.lead.list.json`, '{}', 'application/json');
     expect(limited.status).toBe(429);
     expect(limited.json['error']).toBe('OPERATION_TIME_LIMIT');
+    const reset = (limited.json['time'] as { operating_reset_at?: number } | undefined)?.operating_reset_at;
+    expect(reset! - Date.now() / 1000).toBeGreaterThan(590);
   });
 
   it('enforces its leaky bucket with 503 QUERY_LIMIT_EXCEEDED', async () => {

@@ -54,6 +54,8 @@ export interface Injection {
   delayMs?: number;
   /** Carry the request out first, then answer with the failure (a lost answer). */
   afterProcess?: boolean;
+  /** For OPERATION_TIME_LIMIT: seconds until the method unblocks (`time.operating_reset_at`); default 600, null: omit it. */
+  resetInSec?: number | null;
 }
 
 export interface RecordedRequest {
@@ -306,9 +308,10 @@ export async function startFakeBitrix(opts: FakeBitrixOptions = {}): Promise<Fak
         throw new ApiError(400, '', "Parameter 'fields' must be array.");
       }
       const f = { ...(fields as Record<string, unknown>) };
-      const fm = asObject(f['FM']);
+      // REST takes multifields as PHONE / EMAIL in `fields`. `FM` is the PHP API's shape
+      // (CCrmLead::Add): not a REST field, so a portal drops it like any unknown field.
       delete f['FM'];
-      const phone = normaliseMultifield(f['PHONE'] ?? fm['PHONE']);
+      const phone = normaliseMultifield(f['PHONE']);
       delete f['PHONE'];
       const refusal = opts.rejectLead?.(f) ?? null;
       if (refusal !== null) throw new ApiError(400, '', refusal);
@@ -464,6 +467,13 @@ export async function startFakeBitrix(opts: FakeBitrixOptions = {}): Promise<Fak
     return { ...fromQuery, ...fromBody };
   };
 
+  /** A portal's 429 OPERATION_TIME_LIMIT says when the method unblocks. */
+  const operatingReset = (inj: Injection): Record<string, unknown> => {
+    if (inj.answer !== 'OPERATION_TIME_LIMIT' || inj.resetInSec === null) return {};
+    const t = now() / 1000;
+    return { time: { ...timeBlock(Date.now() / 1000), operating: 480, operating_reset_at: Math.floor(t + (inj.resetInSec ?? 600)) } };
+  };
+
   const applyFailure = (res: ServerResponse, inj: Injection): boolean => {
     switch (inj.answer) {
       case 'hang':
@@ -493,7 +503,7 @@ export async function startFakeBitrix(opts: FakeBitrixOptions = {}): Promise<Fak
       default: {
         const e = ERRORS[inj.answer];
         if (e === undefined) return false;
-        send(res, e.status, { error: e.code, error_description: e.description });
+        send(res, e.status, { error: e.code, error_description: e.description, ...operatingReset(inj) });
         return true;
       }
     }

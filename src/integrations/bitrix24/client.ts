@@ -133,7 +133,7 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
     auth = { kind: 'oauth', tokens: createTokenManager({ settings: opts.auth, timeoutMs, now, log }) };
   }
 
-  const transport = createTransport({ auth, timeoutMs, limiter, sleep, log, retry });
+  const transport = createTransport({ auth, timeoutMs, limiter, sleep, log, retry, now });
   const partners = createPartnerResolver({
     strategy,
     ttlMs: opts.partnerCacheTtlMs ?? 10 * 60_000,

@@ -17,10 +17,13 @@ export interface RetryPolicy {
   /** Tries in all when the portal says QUERY_LIMIT_EXCEEDED. */
   queryLimitAttempts: number;
   queryLimitDelayMs: number;
-  /** Tries in all when a method is blocked by OPERATION_TIME_LIMIT (it stays blocked for minutes). */
+  /** Tries in all for another 429 (not OPERATION_TIME_LIMIT, which is never retried in the request). */
   operationLimitAttempts: number;
   operationLimitDelayMs: number;
-  /** retryAfterMs on the ProviderError once OPERATION_TIME_LIMIT retries are spent. */
+  /**
+   * retryAfterMs on an OPERATION_TIME_LIMIT error when the portal does not say when the
+   * method unblocks (`time.operating_reset_at`): a blocked method stays blocked ~10 min.
+   */
   operationLimitRetryAfterMs: number;
 }
 
@@ -32,7 +35,7 @@ export const DEFAULT_RETRY: RetryPolicy = {
   queryLimitDelayMs: 500,
   operationLimitAttempts: 3,
   operationLimitDelayMs: 2000,
-  operationLimitRetryAfterMs: 60_000,
+  operationLimitRetryAfterMs: 10 * 60_000,
 };
 
 export interface CallOptions {
@@ -65,6 +68,8 @@ type Outcome =
       /** The request may have been carried out. */
       ambiguous: boolean;
       method?: string;
+      /** `time.operating_reset_at` of the error body (unix seconds): when a blocked method unblocks. */
+      resetAt?: number;
     };
 
 const TOKEN_REJECTED = new Set(['expired_token', 'invalid_token', 'no_auth_found']);
@@ -80,6 +85,7 @@ export function createTransport(opts: {
   sleep: (ms: number) => Promise<void>;
   log: Logger;
   retry: RetryPolicy;
+  now?: (() => Date) | undefined;
 }): Transport {
   const http = opts.http ?? axios.create();
   const { log, retry } = opts;
@@ -129,7 +135,9 @@ export function createTransport(opts: {
       const code = normaliseCode(e.error, desc);
       const kind = classifyBitrixError(code, status, desc);
       if (code.toUpperCase() === 'QUERY_LIMIT_EXCEEDED') stats.queryLimitExceeded += 1;
+      const resetAt = Number((parsed as { time?: { operating_reset_at?: unknown } }).time?.operating_reset_at);
       return {
+        ...(Number.isFinite(resetAt) && resetAt > 0 ? { resetAt } : {}),
         ok: false,
         code,
         kind,
@@ -203,7 +211,14 @@ export function createTransport(opts: {
         }
         throw fail(out, 'rate', retry.queryLimitDelayMs * 2 ** queryLimitTries);
       }
-      if (code === 'operation_time_limit' || out.kind === 'rate') {
+      if (code === 'operation_time_limit') {
+        // The method is blocked for minutes: retrying within the request (seconds) only
+        // burns requests. The effect waits until the portal says it unblocks.
+        const now = (opts.now ?? (() => new Date()))().getTime();
+        const wait = out.resetAt !== undefined ? Math.ceil(out.resetAt * 1000 - now) : retry.operationLimitRetryAfterMs;
+        throw fail(out, 'rate', Math.min(Math.max(wait, 1000), 60 * 60_000));
+      }
+      if (out.kind === 'rate') {
         operationTries += 1;
         if (operationTries < retry.operationLimitAttempts) {
           await backoff(method, out, retry.operationLimitDelayMs * 2 ** (operationTries - 1));
