@@ -643,15 +643,18 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     return batch.length;
   }
 
+  /** A wake-up while the lane was claiming or performing: it claims once more instead of sleeping through it. */
+  const wokenInPass: Record<Lane, boolean> = { telephony: false, crm: false };
   async function loop(lane: Lane): Promise<void> {
     while (running) {
       let n = 0;
+      wokenInPass[lane] = false;
       try {
         n = await runLane(lane);
       } catch (err) {
         log.error({ err, lane }, 'effect lane failed');
       }
-      if (n > 0) continue;
+      if (n > 0 || wokenInPass[lane]) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, deps.pollMs);
         function done() {
@@ -691,6 +694,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       await crmTail;
     },
     wake(): void {
+      wokenInPass.telephony = wokenInPass.crm = true;
       for (const w of [...wakers]) w();
     },
     async runOnce(): Promise<number> {
