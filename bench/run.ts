@@ -9,11 +9,12 @@
  * machine a generator inside the server's process would take the server's CPU.
  *
  *   npm run bench                      everything (about 4-5 minutes)
- *   npm run bench -- --only=intake,l2c scenarios: intake, pglite, l2c, idle, backlog, bitrix, telegram
+ *   npm run bench -- --only=intake,l2c scenarios: intake, pglite, l2c (l2c-cross: its
+ *                                      cross-instance run alone), idle, backlog, bitrix, telegram
  *   npm run bench -- --profile         children write V8 CPU profiles to bench/.out/
  *   BENCH_DATABASE_URL=postgres://...  where to create the throwaway databases
  */
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -357,6 +358,7 @@ async function benchLeadToCall(label: string, opts: { pollMs?: string; crossInst
     if (t === undefined) return;
     sentAt.delete(digits);
     if (timing) latencies.push(at - t);
+    if (timing && process.env.BENCH_TRACE_FILE) appendFileSync(`${process.env.BENCH_TRACE_FILE}.bench`, `${(performance.timeOrigin + t).toFixed(3)} post ${digits}\n${(performance.timeOrigin + at).toFixed(3)} call ${digits}\n`);
   });
   const children: ChildHandle[] = [];
   try {
@@ -390,10 +392,23 @@ async function benchLeadToCall(label: string, opts: { pollMs?: string; crossInst
     const client = new Client(intakeUrl, 64);
     let seq = 0;
     let intakeFailed = 0;
+    // BENCH_L2C_TRACE=1: where a lead's time goes (POST answered, first NOTIFY seen after it).
+    const trace = process.env.BENCH_L2C_TRACE === '1' ? { answered: new Samples(), notified: new Samples(), pendingNotify: [] as number[] } : null;
+    if (trace && opts.crossInstance) {
+      await db.sql.listen('hotlead_due', () => {
+        const at = performance.now();
+        if (timing) for (const t of trace.pendingNotify.splice(0)) trace.notified.push(at - t);
+      });
+    }
     const send = async () => {
       const digits = phoneDigits(++seq);
-      sentAt.set(digits, performance.now());
+      const t0 = performance.now();
+      sentAt.set(digits, t0);
       const r = await client.post('/v1/leads', leadBody(seq), {});
+      if (trace && timing) {
+        trace.answered.push(performance.now() - t0);
+        trace.pendingNotify.push(t0);
+      }
       if (r.status !== 201) {
         intakeFailed++;
         sentAt.delete(digits);
@@ -410,6 +425,7 @@ async function benchLeadToCall(label: string, opts: { pollMs?: string; crossInst
     await waitFor(() => sentAt.size === 0, 10_000);
     timing = false;
     client.close();
+    if (trace) progress(`trace: POST answered ${lat(summarize(trace.answered.values()))}; first NOTIFY seen after POST ${lat(summarize(trace.notified.values()))}`);
     const out: L2cResult = {
       latencyMs: summarize(latencies.values()),
       sent: seq - sent0,
@@ -652,7 +668,7 @@ async function main(): Promise<void> {
       pass: r.perSec >= TARGETS.pglitePerSec && r.failed === 0,
     });
   }
-  if (want('l2c')) {
+  if (want('l2c') || want('l2c-cross')) {
     const l2cResults: Record<string, L2cResult> = {};
     results.leadToCall = l2cResults;
     const runs: [string, { pollMs?: string; crossInstance?: boolean; ms: number }][] = [
@@ -661,6 +677,8 @@ async function main(): Promise<void> {
       ['intake on A (no engine), call by B polling every 5s: LISTEN/NOTIFY', { pollMs: '5s', crossInstance: true, ms: L2C_SHORT_MS }],
     ];
     for (const [label, o] of runs) {
+      // --only=l2c-cross: the cross-instance run alone.
+      if (!want('l2c') && !o.crossInstance) continue;
       const r = await benchLeadToCall(label, o);
       l2cResults[label] = r;
       const lost = r.sent - r.latencyMs.count;

@@ -9,6 +9,8 @@ import { systemClock } from '../../src/clock.js';
 import { createService, type Service } from '../../src/service.js';
 import { serveIpc } from '../lib/child.js';
 import v8 from 'node:v8';
+import { appendFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 
 /**
  * V8 lets the old generation fill with garbage up to about 4x what is live before it
@@ -44,6 +46,7 @@ serveIpc({
     const config = loadConfig(s.env);
     const log = createLogger({ level: config.logLevel });
     service = await createService({ config, clock: systemClock, log });
+    if (process.env.BENCH_TRACE_FILE) traceDb(service.db, `${process.env.BENCH_TRACE_FILE}.${process.pid}`);
     const startedAt = Date.now();
     await service.start({ listen: s.listen, workers: s.workers });
     const ready: HotleadReady = {
@@ -59,3 +62,45 @@ serveIpc({
     await service?.stop();
   },
 });
+
+/**
+ * BENCH_TRACE_FILE=path: a line per NOTIFY received and per database call (start on
+ * the shared wall clock in ms with µs, duration, first words of the SQL), to take a
+ * lead's latency apart across processes. The Db object is the engine's own, so
+ * wrapping its methods here sees every call the engine makes through it.
+ */
+function traceDb(db: Service['db'], file: string): void {
+  const lines: string[] = [];
+  const now = () => (performance.timeOrigin + performance.now()).toFixed(3);
+  const flush = setInterval(() => {
+    if (lines.length) appendFileSync(file, lines.splice(0).join('\n') + '\n');
+  }, 200);
+  flush.unref();
+  const listen = db.listen.bind(db);
+  db.listen = (channel, onNotify) =>
+    listen(channel, () => {
+      lines.push(`${now()} notify ${channel}`);
+      onNotify();
+    });
+  const query = db.query.bind(db);
+  db.query = (async (q: Parameters<typeof query>[0], ex?: Parameters<typeof query>[1]) => {
+    const t0 = performance.now();
+    const at = now();
+    try {
+      return await query(q, ex);
+    } finally {
+      const text = (q as unknown as { queryChunks?: unknown[] }).queryChunks?.find((c) => typeof c === 'object' && c !== null && 'value' in c) as { value?: string[] } | undefined;
+      lines.push(`${at} query ${(performance.now() - t0).toFixed(2)}ms ${(text?.value?.join('') ?? '?').replace(/\s+/g, ' ').trim().slice(0, 60)}`);
+    }
+  }) as typeof db.query;
+  const tx = db.orm.transaction.bind(db.orm);
+  (db.orm as { transaction: unknown }).transaction = async (...args: Parameters<typeof tx>) => {
+    const t0 = performance.now();
+    const at = now();
+    try {
+      return await tx(...args);
+    } finally {
+      lines.push(`${at} transaction ${(performance.now() - t0).toFixed(2)}ms`);
+    }
+  };
+}
