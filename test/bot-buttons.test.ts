@@ -142,7 +142,7 @@ for (const backend of BACKENDS) {
       expect(a.text).toBe('Done');
       const after = await c.card(id, (m) => m.text.includes('<b>manual</b>'));
       expect(after.message_id).toBe(card.message_id);
-      expect(after.text).toContain('operator_manual');
+      expect(after.text).toContain('calling → manual (Manual) · Olga');
       expect(after.text).toContain('Olga');
       expect(buttonsOf(after)).toEqual([
         [`l:${id}:retry`, `l:${id}:call_now`],

@@ -45,6 +45,16 @@ for (const backend of BACKENDS) {
       for (const e of edits) expect(cards.map((m) => `${m.chat_id}:${m.message_id}`)).toContain(`${e.params.chat_id}:${e.params.message_id}`);
     });
 
+    it('a refused press stays in the timeline but not on the card', async () => {
+      const id = await c.insertLead({ state: 'confirmed', name: 'Done deal' });
+      const a = await c.tg.pressAndAnswer({ chatId: CHAT, messageId: 1, data: `l:${id}:retry`, userId: OPERATOR });
+      expect(a.show_alert).toBe(true);
+      expect((await c.events(id)).map((e) => e.reason)).toContain('operator_retry_not_allowed');
+      const card = await c.card(id);
+      expect(plain(card)).toContain(`#${id}`);
+      expect(card.text).not.toContain('not_allowed');
+    });
+
     it('takes "message is not modified" as success', async () => {
       const id = await c.post({ name: 'Same', phone: uniquePhone(5) });
       for (const chat of [CHAT, CHAT2]) await c.card(id, (m) => m.text.includes('<b>calling</b>') && m.text.includes('CRM: created'), chat);
@@ -97,6 +107,8 @@ for (const backend of BACKENDS) {
       const a = await c.tg.pressAndAnswer({ chatId: CHAT, messageId: card.message_id, data: `l:${id}:manual`, userId: OPERATOR });
       expect(a.text).toBe('Готово');
       const after = await c.card(id, (m) => m.text.includes('<b>manual</b>'));
+      // Reasons read as words, in the card's language.
+      expect(plain(after)).toContain('calling → manual (Вручную)');
       expect(after.reply_markup!.inline_keyboard.map((r) => r.map((b) => b.text))).toEqual([
         ['🔁 Повторить', '📞 Позвонить сейчас'],
         ['📝 Заметка', '✏️ Телефон', '🕒 Запланировать'],

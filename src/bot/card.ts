@@ -1,6 +1,7 @@
 import { DateTime } from 'luxon';
 import type { LeadEventRow, LeadRow } from '../db/schema.js';
 import { allowedActions, INACTIVE_STATES, type ContactState, type OperatorAction } from '../domain/lead-machine.js';
+import { REASON_LABELS } from './texts.js';
 
 /**
  * A lead's card in the vendor chat: pure rendering (text in Telegram HTML, and the
@@ -108,13 +109,19 @@ function eventLine(e: LeadEventRow, ctx: CardContext): string {
     what = `📝 ${escapeHtml(clip(data.text.replace(/\s+/g, ' '), 120))}`;
   } else {
     const move = e.fromState && e.toState && e.fromState !== e.toState ? `${e.fromState} → ${e.toState}` : (e.toState ?? '');
-    what = move ? `${move} (${escapeHtml(e.reason)})` : escapeHtml(e.reason);
+    const reason = escapeHtml(REASON_LABELS[ctx.lang][e.reason] ?? e.reason);
+    what = move ? `${move} (${reason})` : reason;
     if (e.reason === 'operator_schedule' && typeof data.at === 'string') {
       const at = new Date(data.at);
       if (!Number.isNaN(at.getTime())) what += ` 🕒 ${t.callAt} ${formatTime(at, ctx.timezone)}`;
     }
   }
   return `<code>${formatTime(e.at, ctx.timezone)}</code> ${e.track === 'crm' ? 'CRM ' : ''}${what}${who}`;
+}
+
+/** An operator's press the lead's state refused (kept in the timeline for the record). */
+function isRefusal(e: LeadEventRow): boolean {
+  return e.reason.startsWith('operator_') && e.reason.endsWith('_not_allowed');
 }
 
 type ButtonLead = Pick<LeadRow, 'id' | 'state' | 'phone' | 'phoneCorrected' | 'crmStatus'>;
@@ -172,7 +179,8 @@ export function renderCard(lead: LeadRow, events: LeadEventRow[], ctx: CardConte
   if (sched) lines.push(`${t.scheduled} ${formatTime(sched, ctx.timezone)}`);
   else if (lead.nextRunAt && active) lines.push(`${t.next}: ${formatTime(lead.nextRunAt, ctx.timezone)}`);
   if (ctx.paused && active) lines.push(t.paused);
-  const shown = events.slice(-(ctx.events ?? 5));
+  // A refused press (operator_*_not_allowed) stays in the timeline, not on the card: it changed nothing.
+  const shown = events.filter((e) => !isRefusal(e)).slice(-(ctx.events ?? 5));
   if (shown.length) {
     lines.push('');
     for (const e of shown) lines.push(eventLine(e, ctx));

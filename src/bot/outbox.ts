@@ -71,7 +71,7 @@ export function createCardRenderer(deps: {
   render: (lead: NonNullable<Awaited<ReturnType<typeof getLead>>>, events: Awaited<ReturnType<typeof getLeadEvents>>) => Card;
 }) {
   return async (leadId: number): Promise<Card | null> => {
-    const [lead, events] = await Promise.all([getLead(deps.db, leadId), getLeadEvents(deps.db, leadId, 6)]);
+    const [lead, events] = await Promise.all([getLead(deps.db, leadId), getLeadEvents(deps.db, leadId, 12)]);
     if (!lead) return null;
     return deps.render(lead, events);
   };
