@@ -480,6 +480,30 @@ describe('Bitrix24 client: OAuth', () => {
     expect(fake.comments).toHaveLength(4);
   });
 
+  it('a failed save of the rotated pair is retried inside the refresh lock: the other instance finds it', async () => {
+    const fake = await fakePortal({ oauth: OAUTH });
+    const inner = createMemoryTokenStore();
+    let failures = 2;
+    const flaky: TokenStore = {
+      load: () => inner.load(),
+      withRefreshLock: (fn) => inner.withRefreshLock(fn),
+      async save(t) {
+        if (failures > 0) {
+          failures -= 1;
+          throw new Error('database blip');
+        }
+        await inner.save(t);
+      },
+    };
+    const time = virtualTime();
+    const a = oauthClient(fake, flaky, {}, time).client;
+    const b = oauthClient(fake, flaky, {}, time).client;
+    await Promise.all([a.createLead(leadInput(1)), b.createLead(leadInput(2))]);
+    expect(fake.tokenRequests()).toBe(1);
+    expect(inner.current()?.refreshToken).toBe(fake.currentRefreshToken());
+    expect(fake.countByOriginId(2)).toBe(1);
+  });
+
   it('an instance whose token died because another refreshed adopts the stored one', async () => {
     const fake = await fakePortal({ oauth: OAUTH });
     const store = createMemoryTokenStore();

@@ -91,6 +91,10 @@ export interface TokenManager {
   recover(staleAccessToken: string, reason: 'expired_token' | 'invalid_token'): Promise<boolean>;
 }
 
+/** Saves of a rotated pair tried inside the refresh lock (a database blip must not lock the shop out). */
+const SAVE_TRIES = 5;
+const SAVE_RETRY_MS = 200;
+
 /** Refresh this long before the portal would say expired_token. */
 const EXPIRY_SKEW_MS = 60_000;
 /** Bitrix24 access tokens live an hour; used when an answer has no expires_in. */
@@ -167,15 +171,27 @@ export function createTokenManager(opts: {
     return parsed.data;
   }
 
-  async function persist(next: StoredTokens): Promise<void> {
-    try {
-      await store.save(next);
-      unsaved = null;
-    } catch (err) {
-      // The old refresh token is already dead: keep the new one in memory and try again on the next call.
-      unsaved = next;
-      log.error({ err, event: 'bitrix24.token_save_failed' }, 'could not persist the rotated Bitrix24 refresh token; will retry');
+  async function persist(next: StoredTokens, tries = 1): Promise<void> {
+    for (let t = 1; ; t++) {
+      try {
+        await store.save(next);
+        unsaved = null;
+        return;
+      } catch (err) {
+        if (t < tries) {
+          log.warn({ err, event: 'bitrix24.token_save_retry', try: t }, 'could not persist the rotated Bitrix24 refresh token; retrying');
+          await new Promise((r) => setTimeout(r, SAVE_RETRY_MS * t));
+          continue;
+        }
+        return keepUnsaved(next, err);
+      }
     }
+  }
+
+  function keepUnsaved(next: StoredTokens, err: unknown): void {
+    // The old refresh token is already dead: keep the new one in memory and try again on the next call.
+    unsaved = next;
+    log.error({ err, event: 'bitrix24.token_save_failed' }, 'could not persist the rotated Bitrix24 refresh token; will retry');
   }
 
   async function refreshLocked(stale: string | undefined): Promise<void> {
@@ -207,8 +223,9 @@ export function createTokenManager(opts: {
         expiresAt: new Date(now().getTime() + expiresIn * 1000),
         clientEndpoint: normaliseEndpoint(answer.client_endpoint) ?? base?.clientEndpoint,
       };
-      // Persist before the new access token is used: the old refresh token no longer works.
-      await persist(next);
+      // Persist before the new access token is used (and before the lock is released: the
+      // old refresh token no longer works, another instance must find the new one).
+      await persist(next, SAVE_TRIES);
       current = next;
       log.info({ event: 'bitrix24.token_refreshed', expiresAt: next.expiresAt?.toISOString() }, 'Bitrix24 access token refreshed');
     });
