@@ -19,7 +19,9 @@ export function maskPhone(phone: string | null | undefined): string | null {
 
 /** Replaces anything that looks like a phone number (7+ digits, with separators) inside free text. */
 export function maskPhonesInText(text: string): string {
-  return text.replace(/\+?\d[\d\s().-]{5,}\d/g, (m) => {
+  // Separators within one line only: a count at the end of one line and a date at the
+  // start of the next ("Calls: 1\n\n04.12 04:40") are not a phone number.
+  return text.replace(/\+?\d[\d \t().-]{5,}\d/g, (m) => {
     const digits = m.replace(/\D/g, '');
     return digits.length >= 7 ? (maskPhone(m) ?? m) : m;
   });
