@@ -55,6 +55,18 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ TELEGRAM_BOT_TOKEN: '1:a', TELEGRAM_WEBHOOK_SECRET: 's' })).toThrow(/PUBLIC_URL/);
   });
 
+  it('names a too long SHOP_NAME or SMS_PROMOTION together with the other bad variables', () => {
+    let msg = '';
+    try {
+      loadConfig({ SHOP_NAME: 'A watch shop with a very long name', SMS_PROMOTION: 'x'.repeat(31), BUSINESS_HOURS: 'always' });
+    } catch (err) {
+      msg = (err as Error).message;
+    }
+    expect(msg).toMatch(/SHOP_NAME: at most 20 characters/);
+    expect(msg).toMatch(/SMS_PROMOTION: at most 30 characters/);
+    expect(msg).toMatch(/BUSINESS_HOURS/);
+  });
+
   it('refuses an SMS template that cannot fit the segment limit', () => {
     expect(() => loadConfig({ SMS_TEMPLATE_NIGHT: 'x'.repeat(400) })).toThrow(/SMS_TEMPLATE/);
   });

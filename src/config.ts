@@ -7,7 +7,7 @@ import { parseFieldMap, parsePartnerStrategy, parseStatusMap, type PartnerStrate
 import type { CrmFinalState } from './integrations/types.js';
 import { parseServiceAccountCredentials, type VoximplantServiceAccount } from './integrations/voximplant/jwt.js';
 import { e164Digits } from './integrations/voximplant/custom-data.js';
-import { DEFAULT_SMS_TEMPLATES, validateTemplates, type SmsTemplates } from './integrations/voximplant/sms-templates.js';
+import { DEFAULT_SMS_TEMPLATES, SMS_PLACEHOLDER_MAX_UNITS, validateTemplates, type SmsTemplates } from './integrations/voximplant/sms-templates.js';
 import { validate as validateCron } from 'node-cron';
 import { parseRateLimit, parseTrustProxy, type RateLimitRule } from './http/rate-limit.js';
 
@@ -121,9 +121,10 @@ const envSchema = z.object({
 
   VOXIMPLANT_TIMEOUT: duration('10s'),
 
-  SHOP_NAME: z.string().default('Our shop'),
+  // Checked here, with every other variable, rather than when the SMS templates are.
+  SHOP_NAME: z.string().trim().max(SMS_PLACEHOLDER_MAX_UNITS.shop, `at most ${SMS_PLACEHOLDER_MAX_UNITS.shop} characters (it goes into SMS texts)`).default('Our shop'),
   SMS_LANGUAGE: z.enum(['en', 'ru']).default('ru'),
-  SMS_PROMOTION: optionalString,
+  SMS_PROMOTION: optionalString.refine((v) => v === undefined || v.length <= SMS_PLACEHOLDER_MAX_UNITS.promotion, `at most ${SMS_PLACEHOLDER_MAX_UNITS.promotion} characters (it goes into SMS texts)`),
   SMS_TEMPLATE_NIGHT: optionalString,
   SMS_TEMPLATE_CONFIRMATION: optionalString,
   SMS_TEMPLATE_VOICEMAIL: optionalString,
