@@ -565,12 +565,45 @@ describe('Bitrix24 client: partners', () => {
     expect(fake.requests.find((r) => r.method === 'user.get')?.params).toMatchObject({ FILTER: { UF_USR_PARTNER: 'p-1', ACTIVE: true } });
   });
 
-  it('a failing partner look-up fails the lead (to be retried) rather than misrouting it', async () => {
+  it.each([
+    ['company_field:UF_CRM_PARTNER', 'crm.company.list', 'insufficient_scope', 'auth'],
+    ['company_field:UF_CRM_PARTNER', 'crm.company.list', 'INTERNAL_SERVER_ERROR', 'unavailable'],
+    ['user_field:UF_USR_PARTNER', 'user.get', 'insufficient_scope', 'auth'],
+  ] as const)('a failing partner look-up (%s, %s answers %s) never costs the lead: made with UTM_SOURCE, unassigned, the failure scoped to the method', async (strategy, method, answer, kind) => {
+    const fake = await fakePortal({ companies, users });
+    const { client } = webhookClient(fake, { partnerStrategy: strategy, retry: { attempts: 1 } });
+    fake.inject({ method, answer });
+    const r = await client.createLead(leadInput(1, { partner: 'p-1' }));
+    expect(r).toMatchObject({ crmId: '1', existed: false });
+    expect(r.partnerError).toBeInstanceOf(ProviderError);
+    expect(r.partnerError).toMatchObject({ kind, scope: method });
+    expect(fake.leads.get(1)).toMatchObject({ UTM_SOURCE: 'p-1', ORIGIN_ID: '1' });
+    expect(fake.leads.get(1)).not.toHaveProperty('ASSIGNED_BY_ID');
+    expect(fake.leads.get(1)).not.toHaveProperty('COMPANY_ID');
+    // The failure is not cached: the next lead of that partner is looked up (and assigned).
+    const next = await client.createLead(leadInput(2, { partner: 'p-1' }));
+    expect(next.partnerError).toBeUndefined();
+    expect(fake.leads.get(2)).toHaveProperty('ASSIGNED_BY_ID');
+  });
+
+  it('in a batch: a partner look-up refused inside the batch leaves its leads unassigned, the others assigned', async () => {
     const fake = await fakePortal({ companies });
-    const { client } = webhookClient(fake, { partnerStrategy: 'company_field:UF_CRM_PARTNER' });
-    fake.inject({ method: 'crm.company.list', answer: 'insufficient_scope' });
-    expect(await expectProviderError(client.createLead(leadInput(1, { partner: 'p-1' })))).toMatchObject({ kind: 'auth' });
-    expect(fake.leads.size).toBe(0);
+    const { client } = webhookClient(fake, { partnerStrategy: 'company_field:UF_CRM_PARTNER', retry: { attempts: 1 } });
+    // The first partner command of the batch (p-1) fails, the second (p-2) works.
+    fake.inject({ method: 'batch:crm.company.list', answer: 'INTERNAL_SERVER_ERROR' });
+    const results = await client.createLeads([leadInput(1, { partner: 'p-1' }), leadInput(2, { partner: 'p-2' }), leadInput(3, { partner: 'p-1' })]);
+    expect(results.every((x) => !(x instanceof ProviderError))).toBe(true);
+    const ok = results as Array<CrmCreateResult & { partnerError?: ProviderError }>;
+    expect(ok.map((x) => x.existed)).toEqual([false, false, false]);
+    expect(ok[0]!.partnerError).toMatchObject({ kind: 'unavailable', scope: 'crm.company.list' });
+    expect(ok[2]!.partnerError).toMatchObject({ scope: 'crm.company.list' });
+    expect(ok[1]!.partnerError).toBeUndefined();
+    const byOrigin = (id: number) => [...fake.leads.values()].find((l) => l['ORIGIN_ID'] === String(id));
+    for (const id of [1, 3]) {
+      expect(byOrigin(id)).toMatchObject({ UTM_SOURCE: 'p-1' });
+      expect(byOrigin(id)).not.toHaveProperty('ASSIGNED_BY_ID');
+    }
+    expect(byOrigin(2)).toMatchObject({ UTM_SOURCE: 'p-2', ASSIGNED_BY_ID: '22', COMPANY_ID: '6' });
   });
 });
 

@@ -415,15 +415,46 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     await deps.incidents.resolve(deps.crm.provider, typeof c.takeSucceeded === 'function' ? c.takeSucceeded() : undefined);
   }
 
-  async function crmCreated(e: Claimed, crmId: string, existed: boolean): Promise<void> {
-    await finishAndApply(e, { crmId, existed }, 'done', { type: 'crm_created', crmId }, { crm_id: crmId, existed });
+  /**
+   * The CRM lead exists. A client may say its partner could not be looked up
+   * (`partnerError`, Bitrix24): the lead was made unassigned; the timeline says so (in
+   * the same transaction) and the look-up's incident (scoped to its method) opens.
+   */
+  async function crmCreated(e: Claimed, r: CrmCreateResult): Promise<void> {
+    const { crmId, existed } = r;
+    const partnerError = (r as { partnerError?: unknown }).partnerError;
+    const pe = partnerError instanceof ProviderError ? partnerError : undefined;
+    const result = { crmId, existed, ...(pe ? { partnerError: describe(pe) } : {}) };
+    const applied = await deps.apply(e.lead_id, { type: 'crm_created', crmId }, { crm_id: crmId, existed }, async (tx) => {
+      await finish(e, result, 'done', tx);
+      if (pe) {
+        await tx.insert(leadEvents).values({
+          leadId: e.lead_id,
+          at: clock.now(),
+          track: 'crm',
+          reason: 'crm_partner_lookup_failed',
+          actor: 'system',
+          data: { error: pe.kind, ...(pe.code !== undefined ? { code: pe.code } : {}), ...(crmScope(pe) ? { method: crmScope(pe) } : {}) },
+        });
+      }
+    });
+    if (applied === null) {
+      await finish(e, { ...result, skipped: 'lead gone' }, 'dead');
+      return;
+    }
+    if (pe) {
+      log.warn({ err: pe, leadId: e.lead_id, kind: pe.kind, code: pe.code }, 'CRM lead made without its partner (look-up failed)');
+      await deps.incidents.open(pe.provider, pe.kind, pe.message, crmScope(pe));
+    }
   }
 
   async function crmCreateFailed(e: Claimed, lead: LeadRow, err: unknown): Promise<void> {
     const pe = asProviderError(err, deps.crm.provider);
     log.warn({ err: pe, leadId: lead.id, kind: pe.kind, code: pe.code }, 'CRM lead not created');
     if (pe.needsPeople) await deps.incidents.open(pe.provider, pe.kind, pe.message, crmScope(pe));
-    else if (e.attempts >= 3) await deps.incidents.open(pe.provider, pe.kind === 'rate' ? 'rate' : 'unavailable', pe.message, crmScope(pe));
+    // A refusal of this lead's content (bad_request) is the lead's problem (crm_status error,
+    // its timeline says why), not the portal's: no incident however often it is tried.
+    else if (e.attempts >= 3 && pe.kind !== 'bad_request') await deps.incidents.open(pe.provider, pe.kind === 'rate' ? 'rate' : 'unavailable', pe.message, crmScope(pe));
     if (lead.crmStatus !== 'error' && (pe.needsPeople || e.attempts >= 2 || pe.kind === 'bad_request')) {
       await deps.apply(lead.id, { type: 'crm_failed' }, { error: pe.kind, code: pe.code });
       await db.orm.update(leads).set({ crmError: `${pe.kind}: ${pe.message}`.slice(0, 300) }).where(eq(leads.id, lead.id));
@@ -458,7 +489,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
       const x = part[i]!;
       if (r && !(r instanceof Error)) {
         anyOk = true;
-        await crmCreated(x.e, r.crmId, r.existed);
+        await crmCreated(x.e, r);
       } else await crmCreateFailed(x.e, x.lead, r ?? new Error('no result for this lead in the batch answer'));
     }
     if (anyOk) await crmProved();
@@ -504,7 +535,7 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     for (const x of live) {
       try {
         const r = await deps.crm.createLead(crmInput(x.lead));
-        await crmCreated(x.e, r.crmId, r.existed);
+        await crmCreated(x.e, r);
         await crmProved();
       } catch (err) {
         await crmCreateFailed(x.e, x.lead, err);

@@ -116,6 +116,16 @@ export interface FakeBitrix {
   expireAccessTokens(): void;
   currentRefreshToken(): string | null;
   currentAccessToken(): string | null;
+  /**
+   * (Re)installs the OAuth application, as an administrator does in the portal: from now
+   * on only this refresh token is accepted, and every access token issued before dies.
+   */
+  setOAuth(app: NonNullable<FakeBitrixOptions['oauth']>): void;
+  /** Replaces the rejectLead option (null: accept every lead). */
+  setRejectLead(fn: FakeBitrixOptions['rejectLead'] | null): void;
+  /** The portal's companies and users (partner look-ups read them; tests may add some). */
+  readonly companies: FakeCompany[];
+  readonly users: FakeUser[];
   setRate(rate: { ratePerSec: number; burst: number } | null): void;
   /** Empties the bucket. */
   resetBucket(): void;
@@ -155,7 +165,8 @@ const PAGE = 50;
 export async function startFakeBitrix(opts: FakeBitrixOptions = {}): Promise<FakeBitrix> {
   const now = opts.now ?? (() => Date.now());
   const webhook = opts.webhook ?? { userId: '1', code: 'wh0oksecretcode42' };
-  const oauth = opts.oauth;
+  let oauth = opts.oauth;
+  let rejectLead = opts.rejectLead;
   let rate = opts.rate === undefined ? { ratePerSec: 2, burst: 50 } : opts.rate;
   const companies = opts.companies ?? [];
   const users = opts.users ?? [];
@@ -313,7 +324,7 @@ export async function startFakeBitrix(opts: FakeBitrixOptions = {}): Promise<Fak
       delete f['FM'];
       const phone = normaliseMultifield(f['PHONE']);
       delete f['PHONE'];
-      const refusal = opts.rejectLead?.(f) ?? null;
+      const refusal = rejectLead?.(f) ?? null;
       if (refusal !== null) throw new ApiError(400, '', refusal);
       const id = nextLeadId++;
       const row: Record<string, unknown> = {
@@ -697,6 +708,17 @@ export async function startFakeBitrix(opts: FakeBitrixOptions = {}): Promise<Fak
     },
     currentRefreshToken: () => refreshToken,
     currentAccessToken: () => liveAccess,
+    setOAuth: (app) => {
+      oauth = { ...app };
+      refreshToken = app.refreshToken;
+      accessTokens.clear();
+      liveAccess = null;
+    },
+    setRejectLead: (fn) => {
+      rejectLead = fn ?? undefined;
+    },
+    companies,
+    users,
     setRate: (r) => {
       rate = r;
       level = 0;

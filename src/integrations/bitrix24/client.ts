@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { Logger } from '../../logger.js';
 import { ProviderError, type CrmClient, type CrmCreateResult, type CrmFinalState, type CrmLeadInput } from '../types.js';
-import { bitrixError, classifyBitrixError, describe, isAmbiguous, isEntityRefusal, normaliseCode } from './errors.js';
+import { BitrixError, bitrixError, classifyBitrixError, describe, isAmbiguous, isEntityRefusal, normaliseCode } from './errors.js';
 import {
   assertFieldMap,
   buildLeadFields,
@@ -68,9 +68,19 @@ export interface Bitrix24Options {
   retry?: Partial<RetryPolicy> | undefined;
 }
 
+/**
+ * A lead made. `partnerError`: its partner could not be looked up (scope refused, the
+ * list failing), so it was made with UTM_SOURCE only and no ASSIGNED_BY_ID; the error's
+ * `scope` is the look-up's method (an incident of it clears when that method works again).
+ */
+export interface Bitrix24CreateResult extends CrmCreateResult {
+  partnerError?: ProviderError | undefined;
+}
+
 export interface Bitrix24Client extends CrmClient {
+  createLead(input: CrmLeadInput): Promise<Bitrix24CreateResult>;
   /** Leads in `batch` requests; an input marked `neverSent: true` (never tried before) is not looked up first. */
-  createLeads(inputs: CrmLeadInput[]): Promise<Array<CrmCreateResult | ProviderError>>;
+  createLeads(inputs: CrmLeadInput[]): Promise<Array<Bitrix24CreateResult | ProviderError>>;
   /** Write-backs in `batch` requests (50 commands each): null for each that landed or needed nothing, else its error. */
   writeBack(items: WriteBackItem[]): Promise<Array<null | ProviderError>>;
   /** Requests sent and QUERY_LIMIT_EXCEEDED answers seen by this client. */
@@ -215,8 +225,16 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
     stats: transport.stats,
     takeSucceeded: () => transport.takeSucceeded(),
 
-    async createLead(input: CrmLeadInput): Promise<CrmCreateResult> {
-      const partner = await partners.resolve(input.partner);
+    async createLead(input: CrmLeadInput): Promise<Bitrix24CreateResult> {
+      // A failed partner look-up never costs the shop its lead: it is made unassigned.
+      let partner: PartnerInfo | null = null;
+      let partnerError: ProviderError | undefined;
+      try {
+        partner = await partners.resolve(input.partner);
+      } catch (err) {
+        partnerError = partnerFailure(err, strategy);
+        log.warn({ event: 'bitrix24.partner_lookup_failed', leadId: input.leadId, code: partnerError.code }, 'Bitrix24 partner look-up failed; the lead is made unassigned');
+      }
       const fields = buildLeadFields(input, partner, fieldOpts);
       for (let round = 1; ; round++) {
         const existing = await findLead(input.leadId);
@@ -232,7 +250,7 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
             { idempotent: false },
           );
           log.info({ event: 'bitrix24.lead_created', leadId: input.leadId, crmId }, 'Bitrix24 lead created');
-          return { crmId, existed: false };
+          return partnerError === undefined ? { crmId, existed: false } : { crmId, existed: false, partnerError };
         } catch (err) {
           // Unknown whether the lead was made: look it up again before another add.
           if (isAmbiguous(err) && round < retry.attempts) {
@@ -246,8 +264,8 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
       }
     },
 
-    async createLeads(inputs: CrmLeadInput[]): Promise<Array<CrmCreateResult | ProviderError>> {
-      const results: Array<CrmCreateResult | ProviderError | undefined> = inputs.map(() => undefined);
+    async createLeads(inputs: CrmLeadInput[]): Promise<Array<Bitrix24CreateResult | ProviderError>> {
+      const results: Array<Bitrix24CreateResult | ProviderError | undefined> = inputs.map(() => undefined);
       const slots = new Map<number, number[]>();
       const byId = new Map<number, CrmLeadInput>();
       inputs.forEach((input, i) => {
@@ -260,7 +278,7 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
         }
       });
       const pending = new Set(byId.keys());
-      const settle = (leadId: number, r: CrmCreateResult | ProviderError): void => {
+      const settle = (leadId: number, r: Bitrix24CreateResult | ProviderError): void => {
         for (const i of slots.get(leadId) ?? []) results[i] = r;
         pending.delete(leadId);
       };
@@ -286,6 +304,8 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
           partnerCmds.push({ key, ...cmd });
         }
       }
+
+      const partnerErrors = new Map<number, ProviderError>();
 
       // Leads the caller never sent before (`neverSent`) cannot exist yet: the first round skips their look-up.
       const unsent = new Set(inputs.filter((x) => (x as { neverSent?: unknown }).neverSent === true).map((x) => x.leadId));
@@ -368,10 +388,15 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
           const input = byId.get(id);
           if (input === undefined) continue;
           const p = strategy.kind === 'utm_only' ? null : normalisePartner(input.partner);
-          const info = p === null ? null : (partnerInfo.get(p) ?? null);
+          let info = p === null ? null : (partnerInfo.get(p) ?? null);
           if (info instanceof ProviderError) {
-            settle(id, info);
-            continue;
+            // Made unassigned (UTM_SOURCE only); the engine notes why.
+            if (!partnerErrors.has(id)) {
+              const pe = partnerFailure(info, strategy);
+              partnerErrors.set(id, pe);
+              log.warn({ event: 'bitrix24.partner_lookup_failed', leadId: id, code: pe.code }, 'Bitrix24 partner look-up failed; the lead is made unassigned');
+            }
+            info = null;
           }
           adds.push({
             key: `a${id}`,
@@ -389,7 +414,8 @@ export function createBitrix24Client(opts: Bitrix24Options): Bitrix24Client {
           if (a.ok) {
             const crmId = addResultSchema.safeParse(a.result);
             if (crmId.success) {
-              settle(id, { crmId: crmId.data, existed: false });
+              const pe = partnerErrors.get(id);
+              settle(id, pe === undefined ? { crmId: crmId.data, existed: false } : { crmId: crmId.data, existed: false, partnerError: pe });
               created += 1;
             } else {
               lastUnknown = bitrixError({ kind: 'unavailable', code: 'MALFORMED_RESPONSE', message: 'Bitrix24 crm.lead.add: malformed answer', ambiguous: true });
@@ -496,6 +522,25 @@ function itemError(method: string, raw: unknown): ProviderError {
   const desc = typeof e.data.error_description === 'string' ? e.data.error_description : undefined;
   const code = normaliseCode(e.data.error, desc);
   return bitrixError({ kind: classifyBitrixError(code, undefined, desc), code, method, message: `Bitrix24 ${method}: ${describe(code, e.data.error_description)}` });
+}
+
+/**
+ * A partner look-up that failed, as the engine records it: the error scoped to the
+ * look-up's method whatever its code (it is never about the portal as a whole: the lead
+ * itself was made), so its incident clears only when a look-up works again.
+ */
+function partnerFailure(err: unknown, strategy: PartnerStrategy): ProviderError {
+  const pe = err instanceof ProviderError ? err : unknownError(err);
+  const method = strategy.kind === 'company_field' ? 'crm.company.list' : strategy.kind === 'user_field' ? 'user.get' : 'partner';
+  return new BitrixError({
+    provider: 'bitrix24',
+    kind: pe.kind,
+    code: pe.code,
+    message: pe.message.startsWith('Bitrix24 ') ? pe.message : `Bitrix24 ${method}: ${pe.message}`,
+    retryAfterMs: pe.retryAfterMs,
+    cause: pe,
+    scope: method,
+  });
 }
 
 function unknownError(err: unknown): ProviderError {
