@@ -11,6 +11,8 @@ import { createLogger } from '../src/logger.js';
 import { createService } from '../src/service.js';
 import { systemClock } from '../src/clock.js';
 import { LogCapture } from './helpers/service.js';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 
 /** Where the backend does not matter: real PostgreSQL when there is one (much cheaper to start than PGlite). */
 const ANY_BACKEND = TEST_DATABASE_URL ? ('postgres' as const) : ('pglite' as const);
@@ -27,9 +29,10 @@ const PG = new URL(TEST_DATABASE_URL ?? 'postgres://127.0.0.1:5432/postgres');
 /**
  * postgres.js 3.4.9 can throw from a setImmediate when a connection closes with a small
  * write buffered (porsager/postgres#1154, #1208; fix pending upstream): an uncaught
- * TypeError in connection.js nextWrite. In production main.ts exits on it and the
- * supervisor restarts the service (crash-safe by design); this in-process test counts
- * it instead of failing the run on a driver bug, and still requires full recovery.
+ * TypeError in connection.js nextWrite. main.ts survives it and replaces the pool
+ * (proven by the child-process suite at the end of this file); this in-process test has
+ * no main.ts, so it does what main.ts does with it (not fatal) and still requires full
+ * recovery.
  */
 function isKnownDriverCrash(err: unknown): boolean {
   return err instanceof TypeError && /reading 'write'/.test(err.message) && /postgres[/\\]src[/\\]connection\.js/.test(err.stack ?? '');
@@ -298,4 +301,114 @@ describe('Telegram down', () => {
     expect(lines.filter((l) => l.msg === 'telegram unreachable: cards wait in the outbox')).toHaveLength(1);
     expect(lines.filter((l) => l.msg === 'telegram reachable again')).toHaveLength(1);
   }, 90_000);
+});
+
+/**
+ * The real entry point (src/main.ts) in a child process, its connections to PostgreSQL
+ * cut again and again while leads arrive (each cut drops transactions in flight: the
+ * path of the postgres.js nextWrite crash). main.ts must not die of it, must keep
+ * answering, and must carry every accepted lead to its end by itself.
+ */
+describe.skipIf(!TEST_DATABASE_URL)('main.ts through connection cuts (child process)', () => {
+  let proxy: TcpProxy;
+  let pg: TestDatabase;
+  let child: ChildProcessWithoutNullStreams;
+  const out: string[] = [];
+  let exited: number | string | null = null;
+  const port = 3600 + Math.floor(Math.random() * 90);
+  const url = `http://127.0.0.1:${port}`;
+
+  beforeAll(async () => {
+    pg = await createTestDatabase();
+    proxy = await startTcpProxy({ host: PG.hostname, port: Number(PG.port || 5432) });
+    start();
+    await waitUntil(async () => (await fetch(`${url}/readyz`).catch(() => null))?.status === 200, 60_000);
+  }, 90_000);
+  function start() {
+    exited = null;
+    child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      cwd: fileURLToPath(new URL('..', import.meta.url)),
+      env: {
+        PATH: process.env.PATH ?? '',
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        DATABASE_URL: proxy.url(pg.url),
+        LOG_LEVEL: 'info',
+        ENGINE_POLL_INTERVAL: '50ms',
+        BUSINESS_HOURS: 'mon-sun 00:00-24:00',
+        CUSTOMER_HOURS: '00:00-24:00',
+        SANDBOX_CALL_DELAY: '50ms',
+        INTAKE_TIMEOUT: '1500ms',
+        INTAKE_RATE_LIMIT: 'off',
+        // A call result the sandbox could not deliver during a cut ends at the callback timeout.
+        CALLBACK_TIMEOUT: '15s',
+      },
+    });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => out.push(...d.split('\n').filter(Boolean)));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => out.push(...d.split('\n').filter(Boolean)));
+    child.once('exit', (code, signal) => (exited = code ?? signal));
+  }
+  afterAll(async () => {
+    if (exited === null) {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
+    await proxy?.close();
+    await pg?.drop();
+  });
+
+  it('survives, keeps answering, and carries every accepted lead to its end', async () => {
+    const accepted: number[] = [];
+    let n = 0;
+    const post = async () => {
+      const r = await fetch(`${url}/v1/leads`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Cut', phone: `+7916222${String(++n).padStart(3, '0')}0` }) }).catch(() => null);
+      if (r?.status === 201) accepted.push(((await r.json()) as { id: number }).id);
+      else if (r) expect([503]).toContain(r.status);
+    };
+    // Leads in flight when the cuts begin.
+    for (let i = 0; i < 5; i++) await post();
+    expect(accepted).toHaveLength(5);
+    const until = Date.now() + 6_000;
+    while (Date.now() < until) {
+      await Promise.all([post(), post(), new Promise((r) => setTimeout(r, 60 + Math.random() * 120))]);
+      proxy.cut();
+      if (exited !== null) break;
+    }
+    // The one way out main.ts may take: its pool restart could not stop the old service in
+    // time (an engine.stop that waits on a wedged connection), so it exits for the
+    // supervisor. Then the test is the supervisor: it starts main.ts again, as Docker would.
+    await new Promise((r) => setTimeout(r, 12_000));
+    if (exited !== null) {
+      expect(out.some((l) => l.includes('restart could not stop the old service in time')), out.slice(-20).join('\n')).toBe(true);
+      expect(out.some((l) => l.includes('uncaught exception; exiting'))).toBe(false);
+      console.warn('main.ts took the supervisor fallback after a postgres.js crash; restarting it');
+      start();
+    }
+    await waitUntil(async () => (await fetch(`${url}/readyz`).catch(() => null))?.status === 200, 40_000).catch((err: Error) => {
+      throw new Error(`${err.message}: not ready again\n${out.slice(-25).join('\n')}`);
+    });
+    // During a restart of the pool the port is closed for a moment, and reads may answer 503.
+    const state = async (id: number) => {
+      const r = await fetch(`${url}/v1/leads/${id}`).catch(() => null);
+      return r?.status === 200 ? ((await r.json()) as { state: string }).state : 'unknown';
+    };
+    let states: string[] = [];
+    await waitUntil(async () => (states = await Promise.all(accepted.map(state))).every((st) => st === 'confirmed' || st === 'manual'), 60_000).catch((err: Error) => {
+      throw new Error(`${err.message}: states ${states.join(',')}\n${out.slice(-25).join('\n')}`);
+    });
+    expect(exited, out.slice(-20).join('\n')).toBeNull();
+    expect(out.some((l) => l.includes('uncaught exception; exiting'))).toBe(false);
+    const crashes = out.filter((l) => l.includes('known driver bug')).length;
+    if (crashes > 0) console.warn(`postgres.js nextWrite crash seen in main.ts (${crashes} incident(s)); it restarted its pool and went on`);
+    // SIGTERM ends it within the 10 s limit. (A clean exit 0 is not required here yet:
+    // engine.stop() has no deadline of its own, and after a crash of the driver an
+    // in-flight effect can hold it past the limit; then main.ts exits 1 on time.)
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+    expect(Date.now() - t0).toBeLessThan(11_500);
+    if (exited !== 0) expect(out.some((l) => l.includes('shutdown took too long')), out.slice(-15).join('\n')).toBe(true);
+    // Nothing personal in what it wrote.
+    for (const l of out) expect(l.replace(/[\s().-]/g, '')).not.toMatch(/79162220\d{3}/);
+  }, 150_000);
 });
