@@ -13,7 +13,11 @@ import type { Logger } from './logger.js';
  *   not a statistic (utm_* and the Corezoid conversation id stay). State, CRM status,
  *   partner, city, time zone, attempts and timestamps stay, so reports still add up;
  * - the timeline of those leads loses corrected numbers and operators' notes;
- * - phone-cap reservations older than two days are deleted (the Telegram outbox
+ * - their finished effects lose their payloads' text (a crm.comment's body holds the
+ *   operator's note) and their last errors (which may quote a number or a reply);
+ *   effects still pending are scrubbed on a later run, once finished;
+ * - phone-cap reservations older than two days are deleted, and so are Telegram dialogs
+ *   (bot_sessions: a note being typed) nobody touched for a day (the Telegram outbox
  *   prunes its own delivered rows).
  *
  * Work goes in batches of `batchSize` rows, each batch its own short transaction
@@ -37,12 +41,20 @@ export interface HousekeepingReport {
   /** Leads past retention still being worked on (not touched; looked at again tomorrow). */
   skippedActive: number;
   phoneUsageDeleted: number;
+  /** Finished effects of anonymised leads whose payload text or last error was removed. */
+  effectsScrubbed: number;
+  /** Abandoned Telegram dialogs deleted. */
+  botSessionsDeleted: number;
 }
 
 /** Keys of `extra` kept on anonymisation: marketing statistics, not people. */
 const KEEP_EXTRA = ['utm', 'conv_id'];
 /** Keys of timeline event data that hold personal data. */
 const EVENT_PERSONAL_KEYS = ['phone', 'phone_raw', 'text', 'name', 'comment'];
+/** Keys of effect payloads that hold personal data (crm.comment: `body`, the note). */
+const EFFECT_PERSONAL_KEYS = ['body', 'phone', 'phone_raw', 'text', 'name', 'comment', 'destination', 'to'];
+/** A Telegram dialog untouched this long is abandoned. */
+const BOT_SESSION_MAX_IDLE_MS = 86_400_000;
 const DAY_MS = 86_400_000;
 
 export type Housekeeping = ReturnType<typeof createHousekeeping>;
@@ -105,7 +117,21 @@ export function createHousekeeping(deps: HousekeepingDeps) {
     const usage = await db.query<{ n: number }>(
       sql`with d as (delete from phone_usage where at < ${iso(new Date(now.getTime() - 2 * DAY_MS))} returning 1) select count(*)::int as n from d`,
     );
-    const report = { anonymised, skippedActive, phoneUsageDeleted: usage[0]?.n ?? 0 };
+    // Effects of anonymised leads, once finished (idempotent: only rows that still hold something).
+    const personal = sql.raw(`array[${EFFECT_PERSONAL_KEYS.map((k) => `'${k}'`).join(',')}]::text[]`);
+    const scrubbed = await db.query<{ n: number }>(sql`
+      with d as (
+        update effects e set payload = e.payload - ${personal}, last_error = null
+        from leads l
+        where l.id = e.lead_id and l.anonymized_at is not null
+          and e.status in ('done', 'dead')
+          and (e.payload ?| ${personal} or e.last_error is not null)
+        returning 1)
+      select count(*)::int as n from d`);
+    const sessions = await db.query<{ n: number }>(
+      sql`with d as (delete from bot_sessions where updated_at < ${iso(new Date(now.getTime() - BOT_SESSION_MAX_IDLE_MS))} returning 1) select count(*)::int as n from d`,
+    );
+    const report = { anonymised, skippedActive, phoneUsageDeleted: usage[0]?.n ?? 0, effectsScrubbed: scrubbed[0]?.n ?? 0, botSessionsDeleted: sessions[0]?.n ?? 0 };
     log.info({ ...report, retentionDays: deps.retentionDays }, 'housekeeping done');
     if (skippedActive > 0) log.warn({ leads: skippedActive }, 'leads past retention are still active; they are anonymised once finished');
     return report;

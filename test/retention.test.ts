@@ -57,14 +57,39 @@ for (const backend of BACKENDS) {
         (${old}, now(), 'note', 'operator_note', 'tg:42', 'Olga', ${JSON.stringify({ text: 'she wants the blue one, call after 6' })}::jsonb),
         (${old}, now(), 'contact', 'answered', 'system', null, ${JSON.stringify({ attempt: 2, outcome: 'answered', duration: 23 })}::jsonb)`);
       await db.query(sql`insert into phone_usage (ref, phone_key, kind, lead_id, at) values ('call:x', 'k', 'call', ${old}, ${clock.now().toISOString()}::timestamptz)`);
+      // The CRM comment carrying the operator's note, a failed SMS whose error quotes the
+      // number, and one still pending (scrubbed once it is finished); a dialog being typed.
+      const note = { text: 'she wants the blue one, call after 6', actor: 'Olga' };
+      await db.query(sql`insert into effects (lead_id, kind, idem_key, status, payload, last_error, run_at, created_at) values
+        (${old}, 'crm.comment', 'rt-1', 'done', ${JSON.stringify({ body: note })}::jsonb, null, now(), now()),
+        (${old}, 'sms.send', 'rt-2', 'dead', ${JSON.stringify({ sms: 'confirmation' })}::jsonb, 'refused for +79161234567: Anna Petrova', now(), now()),
+        (${old}, 'crm.comment', 'rt-3', 'pending', ${JSON.stringify({ body: note })}::jsonb, 'timeout', now(), now()),
+        (${oldActive}, 'crm.comment', 'rt-4', 'done', ${JSON.stringify({ body: note })}::jsonb, null, now(), now())`);
+      await db.query(sql`insert into bot_sessions (key, value, updated_at) values
+        ('conv:-100:42', ${JSON.stringify({ note: 'Anna Petrova +79161234567' })}::jsonb, ${clock.now().toISOString()}::timestamptz)`);
       const statesBefore = await db.query<{ state: string; n: number }>(sql`select state, count(*)::int as n from leads group by state order by state`);
 
       clock.advance(31 * DAY);
       const recent = await post({ ...personal, phone: '+79161234570' });
       await db.query(sql`update leads set state = 'confirmed', next_run_at = null where id = ${recent}`);
+      await db.query(sql`insert into bot_sessions (key, value, updated_at) values ('conv:-100:43', '{}'::jsonb, ${clock.now().toISOString()}::timestamptz)`);
 
       const report = await s.service.housekeeping.runOnce();
-      expect(report).toEqual({ anonymised: 2, skippedActive: 1, phoneUsageDeleted: 1 });
+      expect(report).toEqual({ anonymised: 2, skippedActive: 1, phoneUsageDeleted: 1, effectsScrubbed: 2, botSessionsDeleted: 1 });
+
+      // Effects: the note and the error are gone, what the effect was stays; the pending one
+      // waits until it is finished; an active lead's effects are untouched.
+      const fx = async (key: string) => (await db.query<Record<string, any>>(sql`select kind, status, payload, last_error from effects where idem_key = ${key}`))[0]!;
+      expect(await fx('rt-1')).toMatchObject({ kind: 'crm.comment', status: 'done', payload: {}, last_error: null });
+      expect(await fx('rt-2')).toMatchObject({ kind: 'sms.send', status: 'dead', payload: { sms: 'confirmation' }, last_error: null });
+      expect((await fx('rt-3')).payload).toEqual({ body: note });
+      expect((await fx('rt-4')).payload).toEqual({ body: note });
+      const sessionKeys = (await db.query<{ key: string }>(sql`select key from bot_sessions order by key`)).map((r) => r.key);
+      expect(sessionKeys).toEqual(['conv:-100:43']);
+      await db.query(sql`update effects set status = 'done' where idem_key = 'rt-3'`);
+      expect((await s.service.housekeeping.runOnce()).effectsScrubbed).toBe(1);
+      expect((await fx('rt-3')).payload).toEqual({});
+      expect(JSON.stringify(await db.query(sql`select payload, last_error from effects where lead_id = ${old}`))).not.toMatch(/1234567|Anna|blue one/);
 
       for (const id of [old, oldManual]) {
         const l = await row(id);
@@ -98,7 +123,7 @@ for (const backend of BACKENDS) {
       expect(statesAfter).toEqual(statesBefore);
 
       // Running it again changes nothing.
-      expect(await s.service.housekeeping.runOnce()).toEqual({ anonymised: 0, skippedActive: 1, phoneUsageDeleted: 0 });
+      expect(await s.service.housekeeping.runOnce()).toEqual({ anonymised: 0, skippedActive: 1, phoneUsageDeleted: 0, effectsScrubbed: 0, botSessionsDeleted: 0 });
     });
 
     it('keeps everything when RETENTION_DAYS is 0', async () => {
