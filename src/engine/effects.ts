@@ -50,6 +50,10 @@ export const PAUSE_RECHECK_MS = 60_000;
 /** `last_error` of an effect held by /pause. */
 export const HELD_BY_PAUSE = 'paused';
 
+/** Partner look-ups failing for this many leads within the window open an incident. */
+const PARTNER_FAILURES_FOR_INCIDENT = 3;
+const PARTNER_FAILURE_WINDOW_MS = 10 * 60_000;
+
 type Lane = 'telephony' | 'crm';
 
 interface Claimed {
@@ -420,6 +424,15 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
    * (`partnerError`, Bitrix24): the lead was made unassigned; the timeline says so (in
    * the same transaction) and the look-up's incident (scoped to its method) opens.
    */
+  /** Recent partner look-up failures per method (this instance), to tell a blip from an outage. */
+  const partnerFailures = new Map<string, number[]>();
+  function partnerFailuresPersist(scope: string, now: number): boolean {
+    const recent = (partnerFailures.get(scope) ?? []).filter((t) => now - t < PARTNER_FAILURE_WINDOW_MS);
+    recent.push(now);
+    partnerFailures.set(scope, recent);
+    return recent.length >= PARTNER_FAILURES_FOR_INCIDENT;
+  }
+
   async function crmCreated(e: Claimed, r: CrmCreateResult): Promise<void> {
     const { crmId, existed } = r;
     const partnerError = (r as { partnerError?: unknown }).partnerError;
@@ -444,7 +457,12 @@ export function createEffectRunner(deps: EffectRunnerDeps) {
     }
     if (pe) {
       log.warn({ err: pe, leadId: e.lead_id, kind: pe.kind, code: pe.code }, 'CRM lead made without its partner (look-up failed)');
-      await deps.incidents.open(pe.provider, pe.kind, pe.message, crmScope(pe));
+      // A refusal that needs a person (the webhook lacks the `user` scope, say) is one
+      // incident of that method at once; other failures only once they persist (a few
+      // leads within minutes): a passing blip is this lead's note, shown on its card.
+      if (pe.needsPeople || partnerFailuresPersist(crmScope(pe) ?? '', clock.now().getTime())) {
+        await deps.incidents.open(pe.provider, pe.kind, pe.message, crmScope(pe));
+      }
     }
   }
 

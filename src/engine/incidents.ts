@@ -31,7 +31,7 @@ export function laneOf(provider: ProviderName): 'crm' | 'telephony' | 'telegram'
   return 'telephony';
 }
 
-export function incidentText(provider: string, kind: string, message: string, lang: 'en' | 'ru'): string {
+export function incidentText(provider: string, kind: string, message: string, lang: 'en' | 'ru', scope?: string): string {
   const what =
     lang === 'ru'
       ? ({ auth: 'доступ отклонён', money: 'закончились деньги на счёте', unavailable: 'сервис недоступен', rate: 'превышен лимит запросов' } as Record<string, string>)[kind] ?? kind
@@ -39,6 +39,13 @@ export function incidentText(provider: string, kind: string, message: string, la
   // The alert is sent as Telegram HTML: a bare < or & in a provider's text would get it refused.
   const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
   const [p, w, m] = [esc(provider), esc(what), esc(message)];
+  if (scope !== undefined && scope !== '') {
+    // One method failing (a partner look-up, say): the leads themselves go on.
+    const s = esc(scope);
+    return lang === 'ru'
+      ? `⚠️ ${p}: ${w} (только ${s}).\n${m}\nЛиды создаются и обзваниваются, но ${s} не работает. Исправьте причину и нажмите «Повторить».`
+      : `⚠️ ${p}: ${w} (${s} only).\n${m}\nLeads are still created and called, without what ${s} gives them. Fix the cause and press Retry.`;
+  }
   return lang === 'ru'
     ? `⚠️ ${p}: ${w}.\n${m}\nЛиды ждут. Исправьте причину и нажмите «Повторить».`
     : `⚠️ ${p}: ${w}.\n${m}\nLeads are waiting. Fix the cause and press Retry.`;
@@ -93,7 +100,7 @@ export function createIncidents(deps: IncidentDeps) {
       }
       log.warn({ provider, kind, incident: row.id }, 'incident opened');
       const retry = deps.language === 'ru' ? '🔁 Повторить' : '🔁 Retry';
-      await queueText(incidentText(provider, failure, message, deps.language), [{ text: retry, data: `inc:${row.id}` }]);
+      await queueText(incidentText(provider, failure, message, deps.language, scope), [{ text: retry, data: `inc:${row.id}` }]);
       return true;
     },
 
