@@ -735,7 +735,7 @@ async function main(): Promise<void> {
 
   const head = [
     `hotlead bench · ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC · ${minutes.toFixed(1)} min`,
-    `machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGb} GB RAM, ${machine.os}; load average at start ${machine.loadAvg.join(' ')}`,
+    `machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGb} GB RAM, ${machine.os}; load average at start ${machine.loadAvg.join(' ')}, at the end ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`,
     `software: Node ${machine.node} · PostgreSQL ${pg.version} (fsync ${pg.fsync}, synchronous_commit ${pg.synchronousCommit}, shared_buffers ${pg.sharedBuffers}) · PGlite ${machine.pglite}`,
     `setup: each server in its own child process${process.env.BENCH_NODE_FLAGS ? ` (node flags: ${process.env.BENCH_NODE_FLAGS})` : ''}; load generator + fake VoxImplant + fake Bitrix24 in the bench process; LOG_LEVEL=${LOG_LEVEL}; DB pool ${POOL}; hotlead V8 heap growing factor ${heapGrowing()}`,
   ];
