@@ -4,8 +4,9 @@
  *
  * Shutdown (SIGTERM from Docker / systemd / Kubernetes, or Ctrl-C): intake answers
  * 503 with Retry-After at once and /readyz says "draining", the workers finish the
- * transitions and upstream calls they hold, then the bot, the HTTP server and the
- * database close. All of it within SHUTDOWN_LIMIT_MS, or the process exits with 1
+ * transitions and upstream calls they hold (for IN_FLIGHT_BUDGET_MS at most: then the
+ * database is closed under them), then the bot, the HTTP server and the database
+ * close. All of it within SHUTDOWN_LIMIT_MS, or the process exits with 1
  * (what it had not finished is safe: leases and the effect log pick it up after the
  * restart). A second signal exits at once.
  */
@@ -17,6 +18,8 @@ import { createService, type Service } from './service.js';
 import { isKnownDriverWriteCrash } from './http/app.js';
 
 const SHUTDOWN_LIMIT_MS = 10_000;
+/** Of which work in flight (transitions, upstream calls) may take this much. */
+const IN_FLIGHT_BUDGET_MS = 7_000;
 /** After a driver crash: how long to let the incident settle before the pool is replaced. */
 const RESTART_SETTLE_MS = 2_000;
 const RESTART_RETRY_MS = 5_000;
@@ -142,7 +145,26 @@ async function main(): Promise<void> {
       while (!service && !startFailed && !restarting) await sleep(50);
       // A restart in progress gives up at once when stopping; what it started is stopped here.
       if (restarting) await restarting;
-      await service?.stop();
+      const s = service;
+      if (s) {
+        // Work in flight gets IN_FLIGHT_BUDGET_MS: an upstream that hangs (its own timeout
+        // may be as long as the whole limit) must not cost the clean close of the database.
+        // What is still running then stays marked running in the effect log: after the
+        // restart it is looked at as "in flight when the process died" once its lease ends
+        // (at once on an embedded database), so a call or SMS is never sent twice.
+        let t: NodeJS.Timeout | undefined;
+        const inTime = await Promise.race([
+          s.stop().then(() => true),
+          new Promise<false>((resolve) => (t = setTimeout(() => resolve(false), IN_FLIGHT_BUDGET_MS))),
+        ]);
+        clearTimeout(t);
+        if (!inTime) {
+          log.warn({ budgetMs: IN_FLIGHT_BUDGET_MS }, 'work in flight did not finish in time (an upstream not answering?): closing the database now; it resumes after the restart, never twice');
+          await Promise.race([s.db.close().catch((err: unknown) => log.warn({ err }, 'closing the database failed')), sleep(SHUTDOWN_LIMIT_MS - IN_FLIGHT_BUDGET_MS - 500)]);
+          log.info('stopped; work in flight left to the effect log');
+          process.exit(0);
+        }
+      }
       log.info('stopped cleanly');
       process.exit(0);
     } catch (err) {

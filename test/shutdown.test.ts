@@ -170,4 +170,35 @@ describe('SIGTERM', () => {
     b.proc.kill('SIGTERM');
     expect(await b.exit).toBe(0);
   }, 120_000);
+
+  it('finishes within 10 s with an upstream that hangs, closes the database, and never calls twice after the restart', async () => {
+    const a = start();
+    const url = await a.url;
+    // VoxImplant takes 30 s to answer the call's start (longer than VOXIMPLANT_TIMEOUT and the whole shutdown limit).
+    vox.answerNext('StartScenarios', voxAnswers.slow(30_000));
+    const r = await fetch(`${url}/v1/leads`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'Hung', phone: '+79164440030' }) });
+    expect(r.status).toBe(201);
+    const { id } = (await r.json()) as { id: number };
+    await waitUntil(async () => vox.requestsFor('StartScenarios').filter((q) => JSON.stringify(q).includes('79164440030')).length === 1);
+
+    const t0 = Date.now();
+    a.proc.kill('SIGTERM');
+    expect(await a.exit).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    const msgs = a.lines.map((l) => l.msg);
+    expect(msgs).toContain('work in flight did not finish in time (an upstream not answering?): closing the database now; it resumes after the restart, never twice');
+    expect(msgs).not.toContain('shutdown took too long; exiting (unfinished work resumes after the restart)');
+
+    // The restart finds the call's start in flight and does not start it again.
+    const b = start();
+    const url2 = await b.url;
+    await waitUntil(async () => {
+      const l = (await (await fetch(`${url2}/v1/leads/${id}`)).json()) as { events: { reason: string }[] };
+      return l.events.some((e) => e.reason === 'call_start_uncertain');
+    }, 30_000);
+    await new Promise((res) => setTimeout(res, 1000));
+    expect(vox.requestsFor('StartScenarios').filter((q) => JSON.stringify(q).includes('79164440030'))).toHaveLength(1);
+    b.proc.kill('SIGTERM');
+    expect(await b.exit).toBe(0);
+  }, 120_000);
 });
