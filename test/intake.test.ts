@@ -145,6 +145,19 @@ describe('intake', () => {
     expect(broken.status).toBe(422);
   });
 
+  it('takes an envelope whose task carries the form fields in data itself (no post)', async () => {
+    const body = { ops: [{ ref: 'flat-1', type: 'create', obj: 'task', conv_id: 31754, data: { name: 'Boris', phone: '89160001120', product: 'Diver 40' } }] };
+    const r = await s.service.app.request('/api/1/json/public/31754/in-tok', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    expect(r.status).toBe(200);
+    const b = (await r.json()) as any;
+    const l = await lead(Number(b.ops[0].obj_id));
+    expect(l).toMatchObject({ name: 'Boris', phone: '+79160001120', ref: 'flat-1' });
+    // Without a phone anywhere it is still refused, naming the field.
+    const none = await s.service.app.request('/api/1/json/public/31754/in-tok', { method: 'POST', body: JSON.stringify({ ops: [{ data: { name: 'X' } }] }) });
+    expect(none.status).toBe(422);
+    expect(await none.text()).toMatch(/phone/);
+  });
+
   it('lists leads by state with a cursor, for the admin only', async () => {
     expect((await s.service.app.request('/v1/leads')).status).toBe(401);
     const h = { authorization: 'Bearer adm' };

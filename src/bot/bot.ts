@@ -511,7 +511,8 @@ export function createBot(deps: BotDeps) {
     (fn: (ctx: BotContext & { match: string }) => Promise<unknown>) =>
     async (ctx: BotContext & { match: string }): Promise<void> => {
       if (!ctx.from || !(await isOperator(ctx.from.id))) {
-        log.warn({ user: ctx.from?.id, text: ctx.message?.text?.slice(0, 40) }, 'command refused: not an operator');
+        // Only the command word: its argument may be a customer's name or number.
+        log.warn({ user: ctx.from?.id, command: ctx.message?.text?.match(/^\/[A-Za-z_]+/)?.[0] }, 'command refused: not an operator');
         await answer(ctx, t.notAllowed);
         return;
       }

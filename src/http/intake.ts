@@ -150,7 +150,10 @@ function str(v: unknown): string | undefined {
  * "Envelope mapping"); what is not mapped is kept in `extra`.
  */
 export function envelopeToBody(op: EnvelopeOp): Record<string, unknown> {
-  const post = { ...(op.data.post ?? {}) } as Record<string, unknown>;
+  // The shop's PHP script nests the form in `post`; a task made by hand (or by another
+  // script) often carries the form's fields in `data` itself: both are read the same way.
+  const { post: nested, cookies: _c, server: _s, ...flat } = op.data as Record<string, unknown>;
+  const post = { ...((nested as Record<string, unknown> | null | undefined) ?? (flat.phone !== undefined ? flat : {})) } as Record<string, unknown>;
   const cookies = { ...(op.data.cookies ?? {}) } as Record<string, unknown>;
   const server = { ...(op.data.server ?? {}) } as Record<string, unknown>;
   const take = (o: Record<string, unknown>, k: string) => {
