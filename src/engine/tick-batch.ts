@@ -160,32 +160,30 @@ export async function tickBatch(deps: TickBatchDeps, tx: Tx, rows: LeadRow[], no
     });
   }
 
-  if (attempts.length > 0) {
-    await db.query(
-      sql`insert into call_attempts (id, lead_id, number, token_hash, created_at, expires_at)
-          select a.id, a.lead_id, a.number, a.token_hash, ${at}::timestamptz, a.expires_at
-          from jsonb_to_recordset(${json(attempts)}) as a(id text, lead_id int, number int, token_hash text, expires_at timestamptz)`,
-      tx,
-    );
-  }
-  // The rows are locked by the batch: what the pass computed is what they become.
-  await db.query(
-    sql`update leads l set
-          state = u.state, updated_at = ${at}::timestamptz, next_run_at = u.next_run_at,
-          crm_status = u.crm_status, crm_id = u.crm_id, crm_error = u.crm_error,
-          attempts = u.attempts, budget_base = u.budget_base, current_attempt_id = u.current_attempt_id,
-          night_sms_at = u.night_sms_at, phone = u.phone, phone_corrected = u.phone_corrected,
-          call_now = u.call_now, first_call_at = u.first_call_at
-        from jsonb_to_recordset(${json(updates)}) as u(id int, state text, next_run_at timestamptz, crm_status text, crm_id text,
-          crm_error text, attempts int, budget_base int, current_attempt_id text, night_sms_at timestamptz, phone text,
-          phone_corrected boolean, call_now boolean, first_call_at timestamptz)
-        where l.id = u.id`,
-    tx,
-  );
-
-  // Timeline rows in order; a step's first row is its step (part of its write-backs' idempotency keys).
+  // One statement, one round trip: the call attempts and the leads' new state (data-modifying
+  // CTEs always run to completion), then the timeline rows in order; a step's first row is
+  // its step (part of its write-backs' idempotency keys). The rows are locked by the batch:
+  // what the pass computed is what they become.
   const inserted = await db.query<{ id: number | string }>(
-    sql`insert into lead_events (lead_id, at, track, from_state, to_state, reason, actor, actor_name, data)
+    sql`with a as (
+          insert into call_attempts (id, lead_id, number, token_hash, created_at, expires_at)
+          select a.id, a.lead_id, a.number, a.token_hash, ${at}::timestamptz, a.expires_at
+          from jsonb_to_recordset(${json(attempts)}) as a(id text, lead_id int, number int, token_hash text, expires_at timestamptz)
+          returning 1
+        ), u as (
+          update leads l set
+            state = u.state, updated_at = ${at}::timestamptz, next_run_at = u.next_run_at,
+            crm_status = u.crm_status, crm_id = u.crm_id, crm_error = u.crm_error,
+            attempts = u.attempts, budget_base = u.budget_base, current_attempt_id = u.current_attempt_id,
+            night_sms_at = u.night_sms_at, phone = u.phone, phone_corrected = u.phone_corrected,
+            call_now = u.call_now, first_call_at = u.first_call_at
+          from jsonb_to_recordset(${json(updates)}) as u(id int, state text, next_run_at timestamptz, crm_status text, crm_id text,
+            crm_error text, attempts int, budget_base int, current_attempt_id text, night_sms_at timestamptz, phone text,
+            phone_corrected boolean, call_now boolean, first_call_at timestamptz)
+          where l.id = u.id
+          returning 1
+        )
+        insert into lead_events (lead_id, at, track, from_state, to_state, reason, actor, actor_name, data)
         select e.lead_id, ${at}::timestamptz, e.track, e.from_state, e.to_state, e.reason, e.actor, e.actor_name, e.data
         from jsonb_to_recordset(${json(events)}) as e(n int, lead_id int, track text, from_state text, to_state text, reason text,
           actor text, actor_name text, data jsonb)
