@@ -20,6 +20,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import type { Env } from '../src/config.js';
+import { HEAP_GROWING_PERCENT } from '../src/heap.js';
 import { FakeVoximplantApi } from '../test/fakes/voximplant-api.js';
 import { startFakeBitrix, type FakeBitrix } from '../test/fakes/bitrix24.js';
 import { spawnChild, type ChildHandle, type Usage } from './lib/child.js';
@@ -746,7 +747,7 @@ async function main(): Promise<void> {
 }
 
 function heapGrowing(): string {
-  const p = Number(process.env.BENCH_HEAP_GROWING_PERCENT ?? 50);
+  const p = Number(process.env.BENCH_HEAP_GROWING_PERCENT ?? HEAP_GROWING_PERCENT);
   return p > 0 ? `${1 + p / 100} (--heap-growing-percent=${p})` : 'V8 default (up to 4)';
 }
 

@@ -16,6 +16,9 @@ import { createLogger, type Logger } from './logger.js';
 import { systemClock } from './clock.js';
 import { createService, type Service } from './service.js';
 import { isKnownDriverWriteCrash } from './http/app.js';
+import { tuneHeap } from './heap.js';
+
+tuneHeap();
 
 const SHUTDOWN_LIMIT_MS = 10_000;
 /** Of which work in flight (transitions, upstream calls) may take this much. */

@@ -8,20 +8,13 @@ import { createLogger } from '../../src/logger.js';
 import { systemClock } from '../../src/clock.js';
 import { createService, type Service } from '../../src/service.js';
 import { serveIpc } from '../lib/child.js';
-import v8 from 'node:v8';
+import { HEAP_GROWING_PERCENT as DEFAULT_HEAP_GROWING_PERCENT, tuneHeap } from '../../src/heap.js';
 import { appendFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 
-/**
- * V8 lets the old generation fill with garbage up to about 4x what is live before it
- * marks (its growing factor on a machine with plenty of RAM): hotlead keeps ~35 MB
- * live, and a 100,000-lead backlog took the heap to 180 MB and RSS to 270+ MB (see
- * BENCHMARKS.md, "Memory"). A factor of 1.5 keeps the heap under ~90 MB for a few
- * percent more GC time. src/main.ts should do the same (asked for in issue 8's report);
- * BENCH_HEAP_GROWING_PERCENT=0 measures V8's default.
- */
-export const HEAP_GROWING_PERCENT = Number(process.env.BENCH_HEAP_GROWING_PERCENT ?? 50);
-if (HEAP_GROWING_PERCENT > 0) v8.setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
+/** As src/main.ts does (src/heap.ts); BENCH_HEAP_GROWING_PERCENT=0 measures V8's default. */
+export const HEAP_GROWING_PERCENT = Number(process.env.BENCH_HEAP_GROWING_PERCENT ?? DEFAULT_HEAP_GROWING_PERCENT);
+tuneHeap(HEAP_GROWING_PERCENT);
 
 export interface HotleadStart {
   env: Env;
