@@ -15,7 +15,7 @@ import { loadConfig, readEnv, ConfigError, configSecrets, type Config } from './
 import { createLogger, type Logger } from './logger.js';
 import { systemClock } from './clock.js';
 import { createService, type Service } from './service.js';
-import { isKnownDriverWriteCrash } from './http/app.js';
+import { isKnownDriverWriteCrash } from './db/client.js';
 import { tuneHeap } from './heap.js';
 
 tuneHeap();

@@ -145,21 +145,6 @@ export function isDatabaseUnavailable(err: unknown): boolean {
   return false;
 }
 
-/**
- * postgres.js 3.4.9 bug (porsager/postgres#1154, #1199, #1208): when a connection closes
- * while a small write is buffered (a transaction's own ROLLBACK after its query failed
- * with CONNECTION_CLOSED), a setImmediate callback in connection.js `nextWrite` throws
- * this TypeError, out of reach of any await. The query it belonged to was already
- * rejected; nothing of ours is half-done. But that connection of the pool stays
- * wedged (its stale buffer is never flushed again: every later connect times out), so
- * main.ts, besides not dying of it, restarts the service with a fresh pool.
- */
-export function isKnownDriverWriteCrash(err: unknown): boolean {
-  if (!(err instanceof TypeError)) return false;
-  const stack = err.stack ?? '';
-  return /reading 'write'|evaluating 'socket\.write'/.test(err.message) && /nextWrite/.test(stack) && /postgres[/\\](?:cjs[/\\])?src[/\\]connection\.js/.test(stack);
-}
-
 /** The depth of nested arrays and objects, counted without recursion; stops at `max + 1`. */
 export function jsonDepth(value: unknown, max = MAX_DEPTH): number {
   let deepest = 0;
