@@ -17,7 +17,7 @@ import { pathToFileURL } from 'node:url';
 import { createBitrix24Client } from '../src/integrations/bitrix24/client.js';
 import { createLogger } from '../src/logger.js';
 import { ProviderError, type CrmLeadInput } from '../src/integrations/types.js';
-import { startFakeBitrix } from '../test/fakes/bitrix24.js';
+import { startFakeBitrix, type FakeBitrix } from '../test/fakes/bitrix24.js';
 import { sql } from 'drizzle-orm';
 import { openDb } from '../src/db/client.js';
 import { createEngine } from '../src/engine/engine.js';
@@ -126,13 +126,7 @@ export async function runBitrixBacklogBench(opts: Omit<BitrixBacklogOptions, 'pe
 
     const made = await db.query<{ n: number }>(sql`select count(*)::int as n from leads where crm_status = 'created' and crm_id is not null`);
     if (made[0]!.n !== total) throw new Error(`${made[0]!.n} of ${total} leads recorded as created`);
-    if (fake.leads.size !== total) throw new Error(`portal holds ${fake.leads.size} leads, expected ${total}`);
-    for (let id = 1; id <= total; id++) if (fake.countByOriginId(id) !== 1) throw new Error(`lead ${id} created ${fake.countByOriginId(id)} times`);
-    return {
-      leadsPerSec: Math.round((total / seconds) * 10) / 10,
-      limitExceeded: fake.limitExceeded(),
-      requests: fake.restRequests(),
-    };
+    return portalFigures(fake, total, seconds);
   } finally {
     await db.close();
     await fake.close();
@@ -182,14 +176,7 @@ export async function runBitrixClientBench(opts: BitrixBacklogOptions = {}): Pro
     const seconds = (performance.now() - started) / 1000;
 
     if (failed > 0) throw new Error(`${failed} leads failed`);
-    if (fake.leads.size !== total) throw new Error(`portal holds ${fake.leads.size} leads, expected ${total}`);
-    for (let id = 1; id <= total; id++) if (fake.countByOriginId(id) !== 1) throw new Error(`lead ${id} created ${fake.countByOriginId(id)} times`);
-
-    return {
-      leadsPerSec: Math.round((total / seconds) * 10) / 10,
-      limitExceeded: fake.limitExceeded(),
-      requests: fake.restRequests(),
-    };
+    return portalFigures(fake, total, seconds);
   } finally {
     await fake.close();
   }
@@ -208,4 +195,15 @@ if (isMain) {
   show('engine: effect runner, bucket full at start', await runBitrixBacklogBench());
   show('client: one createLeads call, bucket full', await runBitrixClientBench());
   show('client: createLeads per 500, bucket full', await runBitrixClientBench({ perCall: 500 }));
+}
+
+/** Every lead exactly once at the portal, then the figures of the run. */
+function portalFigures(fake: FakeBitrix, total: number, seconds: number) {
+  if (fake.leads.size !== total) throw new Error(`portal holds ${fake.leads.size} leads, expected ${total}`);
+  for (let id = 1; id <= total; id++) if (fake.countByOriginId(id) !== 1) throw new Error(`lead ${id} created ${fake.countByOriginId(id)} times`);
+  return {
+    leadsPerSec: Math.round((total / seconds) * 10) / 10,
+    limitExceeded: fake.limitExceeded(),
+    requests: fake.restRequests(),
+  };
 }

@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { BACKENDS } from './helpers/pg.js';
-import { startHarness, STATUS_MAP, type Harness, type HarnessOptions } from './support/harness.js';
+import { startHarness, STATUS_MAP, type Harness } from './support/harness.js';
 import { createBitrix24Client } from '../src/integrations/bitrix24/client.js';
 import { createIncidents } from '../src/engine/incidents.js';
 import { createLogger } from '../src/logger.js';
@@ -19,20 +19,6 @@ async function alerts(h: Harness): Promise<string[]> {
   const rows = await h.db.query<{ text: string }>(sql`select payload->>'text' as text from tg_outbox where kind = 'text' order by id`);
   return rows.map((r) => r.text);
 }
-/** The harness's Bitrix24 client (as test/support/harness.ts makes it), with a partner strategy. */
-const withPartners =
-  (partnerStrategy: string): HarnessOptions['crm'] =>
-  ({ bitrix, log }) =>
-    createBitrix24Client({
-      auth: { webhookUrl: bitrix.webhookUrl },
-      rateLimit: { ratePerSec: 1000, burst: 1000 },
-      retry: { attempts: 1 },
-      sleep: async () => {},
-      timeoutMs: 3000,
-      statusMap: { ...STATUS_MAP },
-      partnerStrategy,
-      log,
-    });
 const raised = (a: string[]) => a.filter((t) => t.startsWith('⚠️') && t.includes('bitrix24'));
 const cleared = (a: string[]) => a.filter((t) => t.startsWith('✅') && t.includes('bitrix24'));
 
@@ -89,7 +75,7 @@ for (const backend of BACKENDS) {
       h = await startHarness(backend.name, {
         start: '2025-03-10T10:00:00+03:00',
         env: { INTAKE_RATE_LIMIT: 'off' },
-        crm: withPartners('user_field:UF_USR_PARTNER'),
+        partnerStrategy: 'user_field:UF_USR_PARTNER',
       });
       const bx = h.bitrix;
       bx.users.push({ ID: '31', NAME: 'Olga', ACTIVE: true, UF_USR_PARTNER: 'p-77' });
@@ -168,7 +154,7 @@ for (const backend of BACKENDS) {
       h = await startHarness(backend.name, {
         start: '2025-03-10T10:00:00+03:00',
         env: { INTAKE_RATE_LIMIT: 'off' },
-        crm: withPartners('company_field:UF_CRM_PARTNER'),
+        partnerStrategy: 'company_field:UF_CRM_PARTNER',
       });
       const bx = h.bitrix;
       bx.companies.push({ ID: '5', ASSIGNED_BY_ID: '21', UF_CRM_PARTNER: 'p-9' });

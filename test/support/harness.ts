@@ -111,6 +111,8 @@ export interface HarnessOptions {
   start: string;
   crm?: (defaults: { bitrix: FakeBitrix; log: ReturnType<typeof createLogger> }) => CrmClient;
   telephony?: TelephonyClient;
+  /** BITRIX24_PARTNER_STRATEGY of the default Bitrix24 client (utm_only when unset). */
+  partnerStrategy?: string;
 }
 
 export async function startHarness(backend: 'pglite' | 'postgres', opts: HarnessOptions): Promise<Harness> {
@@ -151,6 +153,7 @@ export async function startHarness(backend: 'pglite' | 'postgres', opts: Harness
       sleep: async () => {},
       timeoutMs: 3000,
       statusMap: { ...STATUS_MAP },
+      ...(opts.partnerStrategy ? { partnerStrategy: opts.partnerStrategy } : {}),
       log,
     });
 
