@@ -32,30 +32,38 @@ export interface InsertResult {
  * with the same dedupe key is active, the partial unique index makes the insert a
  * no-op and the existing lead is answered.
  */
-export async function insertLead(db: Db, lead: NewLead, now: Date): Promise<InsertResult> {
-  const at = sql`${now.toISOString()}::timestamptz`;
-  const events = [`intake_${lead.source}`, ...lead.notes];
-  for (let i = 0; i < 3; i++) {
-    const rows = await db.query<{ id: number; state: string }>(sql`
+/** The intake insert's SQL text for a lead with `events` timeline rows (the first is `received`), built once per count. */
+const insertLeadTexts = new Map<number, string>();
+function insertLeadText(events: number): string {
+  let text = insertLeadTexts.get(events);
+  if (text === undefined) {
+    const rows = Array.from({ length: events }, (_, n) => (n === 0 ? `(0, 'contact', 'received'::text, $14)` : `(${n}, 'note', null::text, $${14 + n})`));
+    text = `
       with l as (
         insert into leads (name, phone, phone_raw, city, timezone, partner, ref, ip, comment, extra, dedupe_key, source,
                            state, crm_status, next_run_at, created_at, updated_at)
-        values (${lead.name}, ${lead.phone}, ${lead.phoneRaw}, ${lead.city}, ${lead.timezone}, ${lead.partner}, ${lead.ref},
-                ${lead.ip}, ${lead.comment}, ${JSON.stringify(lead.extra)}::jsonb, ${lead.dedupeKey}, ${lead.source},
-                'received', 'pending', ${at}, ${at}, ${at})
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, 'received', 'pending', $13::timestamptz, $13::timestamptz, $13::timestamptz)
         on conflict (dedupe_key) where dedupe_key is not null and state not in ('confirmed', 'voicemail', 'invalid_phone', 'manual')
         do nothing
         returning id, state
       ), e as (
         insert into lead_events (lead_id, at, track, from_state, to_state, reason, actor)
-        select l.id, ${at}, x.track, null, x.to_state, x.reason, 'system'
-        from l cross join (values ${sql.join(
-          events.map((r, n) => sql`(${n}, ${n === 0 ? 'contact' : 'note'}, ${n === 0 ? 'received' : null}::text, ${r})`),
-          sql`, `,
-        )}) as x(n, track, to_state, reason)
+        select l.id, $13::timestamptz, x.track, null, x.to_state, x.reason, 'system'
+        from l cross join (values ${rows.join(', ')}) as x(n, track, to_state, reason)
         order by x.n
       )
-      select id, state from l`);
+      select id, state from l`;
+    insertLeadTexts.set(events, text);
+  }
+  return text;
+}
+
+export async function insertLead(db: Db, lead: NewLead, now: Date): Promise<InsertResult> {
+  const at = now.toISOString();
+  const reasons = [`intake_${lead.source}`, ...lead.notes];
+  const params = [lead.name, lead.phone, lead.phoneRaw, lead.city, lead.timezone, lead.partner, lead.ref, lead.ip, lead.comment, JSON.stringify(lead.extra), lead.dedupeKey, lead.source, at, ...reasons];
+  for (let i = 0; i < 3; i++) {
+    const rows = await db.queryText<{ id: number; state: string }>(insertLeadText(reasons.length), params);
     const row = rows[0];
     if (row) return { id: Number(row.id), state: row.state, duplicate: false };
     // A duplicate: answer the active lead. It may have just finished (then we retry the insert).
